@@ -1,0 +1,68 @@
+// The plain-data descriptions that travel from Python to every kernel, CPU and CUDA alike.
+//
+// Python (fusedce/_arrays.py) turns each array into one of these: a pointer, a shape, a
+// row stride, a dtype. Kernels see every op as work on a matrix of `rows` rows with `cols`
+// classes each, the classes contiguous (stride 1) and the rows `row_stride` elements apart.
+// Any class axis of an N-d array reaches the kernels in that form; the Python layer does
+// the moving and reshaping.
+#pragma once
+
+#include <cstdint>
+
+namespace fusedce {
+
+enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3, Int32 = 4, Int64 = 5 };
+
+// A (rows x cols) matrix with unit class stride. data == 0 means "absent".
+struct Rows {
+  std::uintptr_t data = 0;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t row_stride = 0;  // in elements
+  DType dtype = DType::Float32;
+};
+
+enum class TargetKind : int { None = 0, ClassIndex = 1, Probabilities = 2 };
+
+// What a loss compares the logits with.
+// ClassIndex: one int32/int64 per row, `stride` elements apart.
+// Probabilities: a matrix shaped like the logits (same dtype), `stride` elements between rows.
+struct Target {
+  TargetKind kind = TargetKind::None;
+  std::uintptr_t data = 0;
+  DType dtype = DType::Int64;
+  int64_t stride = 1;
+};
+
+// The options every loss kernel receives: one struct, from Python to the innermost loop.
+struct LossOptions {
+  std::uintptr_t weight = 0;     // `cols` class weights in the compute dtype, or 0 for none
+  int64_t ignore_index = -100;   // rows whose class index equals this contribute nothing
+  double label_smoothing = 0.0;  // epsilon in [0, 1]
+};
+
+// Per-row quantities, all in the compute dtype (float32 for float16/bfloat16/float32 input,
+// float64 for float64 input) except argmax (int64). Any pointer may be 0 ("not wanted").
+struct RowStats {
+  std::uintptr_t loss = 0;    // out: per-row loss, before reduction
+  std::uintptr_t lse = 0;     // out (or in, when lse_is_input): per-row log-sum-exp
+  bool lse_is_input = false;  // backward only: trust `lse` instead of recomputing it
+  std::uintptr_t argmax = 0;  // out: per-row index of the largest logit (int64)
+  std::uintptr_t grad = 0;    // in: d(total loss)/d(row loss), compute dtype
+  int64_t grad_stride = 0;    // 0: one factor for every row; 1: one factor per row
+};
+
+// Where a kernel runs: device < 0 is the host; otherwise a CUDA device and a cudaStream_t.
+struct Launch {
+  int device = -1;
+  std::uintptr_t stream = 0;
+};
+
+// A class index that can be used to read a row, or -1 when the row is ignored. Out-of-range
+// indices must have been rejected (CPU) or are reported as NaN losses (CUDA, see docs).
+inline int64_t usable_class(int64_t y, int64_t cols, int64_t ignore_index) {
+  if (y == ignore_index || y < 0 || y >= cols) return -1;
+  return y;
+}
+
+}  // namespace fusedce

@@ -1,0 +1,249 @@
+// Cross-entropy on the CPU: loss, log-sum-exp and argmax in one sweep; the fused loss and
+// gradient in one read of the logits and one write of the gradient. The CUDA twin is
+// csrc/cuda/cross_entropy.cu.
+//
+// Row x with C classes, class weights w (1 when absent), smoothing eps, lse = log sum exp x:
+//   index target t:  loss = (1-eps) w_t (lse - x_t) + eps/C sum_c w_c (lse - x_c)
+//                    dloss/dx_c = p_c A - (1-eps) w_t [c == t] - eps/C w_c,
+//                    A = (1-eps) w_t + eps/C sum_c w_c
+//   probabilities q: q' = (1-eps) q + eps/C, loss = sum_c w_c q'_c (lse - x_c)
+//                    dloss/dx_c = p_c sum_k w_k q'_k - w_c q'_c
+// With u_c = (a q_c + b) w_c (a = 1-eps, b = eps/C for probabilities; a = 0, b = 1 for the
+// smoothing term of index targets) both losses need only lse, x_t, sum u_c x_c and
+// sum u_c, which the forward sweep gathers while it reads the row (rowwise.h). The gradient
+// is  g * (p_c A - u'_c) - [c == t] g (1-eps) w_t,  g the row's upstream factor.
+// Ignored rows get loss 0 and gradient 0; an out-of-range index (only possible when the
+// caller skipped validation) gets NaN for both, never a read outside the row.
+#pragma once
+#include "cpu/rowwise.h"
+
+namespace fusedce::cpu {
+namespace {
+
+// What the cross-entropy of one row needs to know before its sweep.
+template <class T>
+struct CeRow {
+  const T* x;
+  T* d;                     // gradient row or nullptr
+  int64_t t = -1;           // class index, -1 for an ignored row or a probability target
+  bool bad = false;         // out-of-range index
+  T x_t = 0, w_t = 0;       // logit and weight of the target class
+  T g = 1;                  // upstream factor, 0 for ignored rows
+  ClassCoefficients<T> k;   // the u_c of the smoothing / probability term
+  bool dot = false;         // whether the sweep must gather sum u_c x_c
+};
+
+template <class T>
+struct CeContext {
+  const Rows& logits;
+  const Target& target;
+  const LossOptions& opt;
+  const RowStats& stats;
+  const T* w;    // class weights or nullptr
+  T w_sum;       // sum of the class weights (C without weights)
+  T eps;
+  bool probs;
+
+  CeContext(const Rows& l, const Target& t, const LossOptions& o, const RowStats& s)
+      : logits(l), target(t), opt(o), stats(s),
+        w(reinterpret_cast<const T*>(o.weight)), eps(static_cast<T>(o.label_smoothing)),
+        probs(t.kind == TargetKind::Probabilities) {
+    w_sum = static_cast<T>(l.cols);
+    if (w) {
+      w_sum = 0;
+      for (int64_t c = 0; c < l.cols; ++c) w_sum += w[c];
+    }
+  }
+
+  CeRow<T> row(int64_t r, const Rows* dx) const {
+    CeRow<T> row;
+    const int64_t C = logits.cols;
+    row.x = row_ptr<T>(logits, r);
+    row.d = dx ? row_ptr<T>(*dx, r) : nullptr;
+    row.g = grad_factor<T>(stats, r);
+    row.k.w = w;
+    if (probs) {
+      row.k.q = reinterpret_cast<const T*>(target.data) + r * target.stride;
+      row.k.a = 1 - eps;
+      row.k.b = eps / static_cast<T>(C);
+      row.dot = true;
+      return row;
+    }
+    const int64_t y = class_index(target, r);
+    row.t = usable_class(y, C, opt.ignore_index);
+    row.bad = row.t < 0 && y != opt.ignore_index;
+    if (row.t < 0) {
+      row.g = 0;
+    } else {
+      row.x_t = row.x[row.t];  // read now: an in-place sweep overwrites it
+      row.w_t = w ? w[row.t] : T(1);
+    }
+    row.k.a = 0;
+    row.k.b = 1;
+    row.dot = eps > 0;
+    return row;
+  }
+
+  T loss(const CeRow<T>& row, const RowSummary<T>& s) const {
+    if (row.bad) return quiet_nan<T>();
+    if (probs) return s.usum * s.lse - s.dot;
+    if (row.t < 0) return 0;
+    T loss = (1 - eps) * row.w_t * (s.lse - row.x_t);
+    if (eps > 0) loss += eps / static_cast<T>(logits.cols) * (w_sum * s.lse - s.dot);
+    return loss;
+  }
+
+  // The factor A of p_c, and k turned into the subtracted term g u'_c, for the gradient.
+  T gradient_terms(const CeRow<T>& row, const RowSummary<T>& s, ClassCoefficients<T>& k) const {
+    if (row.bad) {
+      k.a = 0;
+      k.b = quiet_nan<T>();
+      return quiet_nan<T>();
+    }
+    const T C = static_cast<T>(logits.cols);
+    if (probs) {
+      k.a = row.g * (1 - eps);
+      k.b = row.g * eps / C;
+      return row.g * s.usum;
+    }
+    k.a = 0;
+    k.b = row.g * eps / C;
+    return row.g * ((1 - eps) * row.w_t + eps / C * w_sum);
+  }
+
+  void write_stats(int64_t r, const CeRow<T>& row, const RowSummary<T>& s) const {
+    if (stats.loss) reinterpret_cast<T*>(stats.loss)[r] = loss(row, s);
+    if (stats.lse && !stats.lse_is_input) reinterpret_cast<T*>(stats.lse)[r] = s.lse;
+    if (stats.argmax) reinterpret_cast<int64_t*>(stats.argmax)[r] = s.argmax;
+  }
+
+  void subtract_one_hot(const CeRow<T>& row) const {
+    if (row.t >= 0) row.d[row.t] -= row.g * (1 - eps) * row.w_t;
+  }
+};
+
+// ---- Few classes (C <= kSmallClasses), class-index targets ------------------------------
+// One row per SIMD lane: W rows are gathered class by class, so max, exp and sums run across
+// rows and the per-row overhead (horizontal reductions, chunk logic) disappears.
+constexpr int64_t kSmallClasses = 32;
+
+template <class V, class T = typename V::T>
+void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx) {
+  constexpr int W = V::width;
+  const Rows& logits = ce.logits;
+  const int64_t C = logits.cols, xs = logits.row_stride;
+  const T* x = row_ptr<T>(logits, r);
+  const bool has_w = ce.w != nullptr, dot = ce.eps > 0;
+
+  V m = V::set1(neg_inf<T>());
+  for (int64_t c = 0; c < C; ++c) m = V::max(m, V::gather(x + c, xs));
+  V sum = V::set1(0), wx = V::set1(0);
+  for (int64_t c = 0; c < C; ++c) {
+    const V xc = V::gather(x + c, xs);
+    sum = sum + vexp(xc - m);
+    if (dot) wx = V::fma(V::set1(has_w ? ce.w[c] : T(1)), xc, wx);
+  }
+  alignas(64) T lane_m[W], lane_sum[W], lane_dot[W], lane_lse[W], lane_A[W], lane_B[W];
+  m.store(lane_m);
+  sum.store(lane_sum);
+  wx.store(lane_dot);
+  CeRow<T> rows[W];
+  for (int i = 0; i < W; ++i) {
+    rows[i] = ce.row(r + i, dx);
+    RowSummary<T> s;
+    s.max = lane_m[i];
+    s.sum = lane_sum[i];
+    s.dot = lane_dot[i];
+    s.lse = s.max + scalar_log(s.sum);
+    if (ce.stats.argmax) s.argmax = argmax_of(x + i * xs, C);
+    ClassCoefficients<T> k;
+    lane_A[i] = ce.gradient_terms(rows[i], s, k);
+    lane_B[i] = k.b;
+    lane_lse[i] = s.lse;
+    ce.write_stats(r + i, rows[i], s);
+  }
+  if (!dx) return;
+  const V lse = V::load(lane_lse), A = V::load(lane_A), B = V::load(lane_B);
+  T* d = row_ptr<T>(*dx, r);
+  for (int64_t c = 0; c < C; ++c) {
+    V sub = has_w ? B * V::set1(ce.w[c]) : B;
+    (vexp(V::gather(x + c, xs) - lse) * A - sub).scatter(d + c, dx->row_stride);
+  }
+  for (int i = 0; i < W; ++i) ce.subtract_one_hot(rows[i]);
+}
+
+template <class V, class T = typename V::T>
+void cross_entropy_small_rows(const Rows& logits, const Target& target, const LossOptions& opt,
+                              const RowStats& stats, const Rows* dx, int64_t r0, int64_t r1) {
+  const CeContext<T> ce(logits, target, opt, stats);
+  int64_t r = r0;
+  for (; r + V::width <= r1; r += V::width) cross_entropy_small_block<V>(ce, r, dx);
+  for (; r < r1; ++r) cross_entropy_small_block<typename V::Scalar>(ce, r, dx);
+}
+
+// Whether the small-class path can take this problem: index targets, few classes, no lse
+// given, and lane offsets (W-1) * row_stride that fit the 32-bit gather indices.
+inline bool use_small_classes(const Rows& logits, const Target& target, const RowStats& stats,
+                              const Rows* dx, int width) {
+  const int64_t limit = (int64_t(1) << 30) / width;
+  return logits.cols <= kSmallClasses && target.kind == TargetKind::ClassIndex &&
+         !stats.lse_is_input && logits.row_stride < limit && (!dx || dx->row_stride < limit);
+}
+
+// Loss (and lse, argmax) only: one read of each row.
+template <class V, class T = typename V::T>
+void cross_entropy_forward_rows(const Rows& logits, const Target& target, const LossOptions& opt,
+                                const RowStats& stats, int64_t r0, int64_t r1) {
+  if (use_small_classes(logits, target, stats, nullptr, V::width))
+    return cross_entropy_small_rows<V>(logits, target, opt, stats, nullptr, r0, r1);
+  const CeContext<T> ce(logits, target, opt, stats);
+  for (int64_t r = r0; r < r1; ++r) {
+    const CeRow<T> row = ce.row(r, nullptr);
+    RowSummary<T> s;
+    with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
+      constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
+      if (row.dot) s = summarise_row<V, false, true, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr);
+      else s = summarise_row<V, false, false, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr);
+    });
+    ce.write_stats(r, row, s);
+  }
+}
+
+// Loss and gradient. Sweep 1 reads the row and leaves exp(x - running max) in the gradient
+// row; sweep 2 rescales it in place (still in cache) and subtracts the target terms. With
+// stats.lse_is_input (a backward given the forward's lse), a single sweep suffices.
+template <class V, class T = typename V::T>
+void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, const LossOptions& opt,
+                                  const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1) {
+  if (use_small_classes(logits, target, stats, &dx, V::width))
+    return cross_entropy_small_rows<V>(logits, target, opt, stats, &dx, r0, r1);
+  const CeContext<T> ce(logits, target, opt, stats);
+  const int64_t C = logits.cols;
+  T chunk_max[kMaxChunks];
+  for (int64_t r = r0; r < r1; ++r) {
+    const CeRow<T> row = ce.row(r, &dx);
+    with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
+      constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
+      RowSummary<T> s;
+      ClassCoefficients<T> k = row.k;
+      if (stats.lse_is_input) {
+        s.lse = reinterpret_cast<const T*>(stats.lse)[r];
+        // The loss and a probability target's gradient need the weighted sums: one more read.
+        if (row.dot && (stats.loss || ce.probs))
+          weighted_sums<V, HasQ, HasW>(row.x, C, row.k, s.dot, s.usum);
+        const T A = ce.gradient_terms(row, s, k);
+        gradient_from_lse<V, HasQ, HasW>(row.x, row.d, C, s.lse, A, k);
+      } else {
+        if (row.dot) s = summarise_row<V, true, true, HasQ, HasW>(row.x, C, row.k, row.d, chunk_max);
+        else s = summarise_row<V, true, false, HasQ, HasW>(row.x, C, row.k, row.d, chunk_max);
+        const T A = ce.gradient_terms(row, s, k);
+        finish_from_exps<V, HasQ, HasW>(row.d, C, chunk_max, s.lse, A, k);
+      }
+      ce.write_stats(r, row, s);
+    });
+    ce.subtract_one_hot(row);
+  }
+}
+
+}  // namespace
+}  // namespace fusedce::cpu

@@ -1,0 +1,296 @@
+// Building blocks shared by the CPU kernels: one row of C values at a time, vectorised with
+// a Vec type V (vec_*.h). Everything here is a template over V and has internal linkage, so
+// each instruction set's translation unit gets its own copy (see isa_kernels.h).
+//
+// The online softmax, by chunks. Milakov & Gimelshein's online softmax keeps a running max M
+// and a running sum S of exp(x - M), rescaling S whenever M grows. Doing that per element
+// costs two exps per element; we do it per chunk of a few thousand elements instead: take the
+// chunk's max (one cheap sweep while the chunk comes into L1), rescale S once if M grew, then
+// add exp(x - M) over the chunk (a second sweep, from L1). The row is read from memory once.
+// With `Store`, exp(x - M) is also written out and M is remembered per chunk, so a later
+// sweep can turn it into exp(x - lse) = stored * exp(M_chunk - lse) with one multiply: one
+// exp per element for the whole forward+backward.
+#pragma once
+#include <math.h>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+#include "core/types.h"
+#include "cpu/vmath.h"
+
+namespace fusedce::cpu {
+namespace {
+
+template <class T>
+constexpr T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
+}
+template <class T>
+constexpr T quiet_nan() {
+  return std::numeric_limits<T>::quiet_NaN();
+}
+
+// No std:: function templates in the kernels: an inline template instantiated in several
+// instruction sets' translation units is merged by the linker into one copy, which might be
+// the AVX-512 one, run on a CPU without AVX-512. Our own helpers have internal linkage.
+inline float scalar_exp(float x) { return ::expf(x); }
+inline double scalar_exp(double x) { return ::exp(x); }
+inline float scalar_log(float x) { return ::logf(x); }
+inline double scalar_log(double x) { return ::log(x); }
+template <class T>
+inline bool is_nan(T x) {
+  return x != x;
+}
+inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
+template <class T>
+inline void fill(T* d, int64_t n, T value) {
+  for (int64_t i = 0; i < n; ++i) d[i] = value;
+}
+template <class T>
+inline int64_t first_index_of(const T* x, int64_t n, T value) {
+  for (int64_t i = 0; i < n; ++i)
+    if (x[i] == value) return i;
+  return 0;
+}
+// First index of the row's largest value; NaN wins, as in numpy.argmax.
+template <class T>
+inline int64_t argmax_of(const T* x, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (is_nan(x[i])) return i;
+    if (x[i] > x[best]) best = i;
+  }
+  return best;
+}
+
+// A parameter of type NoDeduce<T>* takes nullptr without spoiling template deduction.
+template <class T>
+struct Identity {
+  using type = T;
+};
+template <class T>
+using NoDeduce = typename Identity<T>::type;
+
+template <class T>
+inline T* row_ptr(const Rows& a, int64_t r) {
+  return reinterpret_cast<T*>(a.data) + r * a.row_stride;
+}
+
+// A chunk stays in L1 between its two sweeps; a row has at most kMaxChunks chunks so that
+// the per-chunk maxima fit in a stack array.
+constexpr int64_t kChunk = 2048;
+constexpr int64_t kMaxChunks = 1024;
+inline int64_t chunk_length(int64_t cols) {
+  int64_t needed = (cols + kMaxChunks - 1) / kMaxChunks;
+  const int64_t rounded = (needed + 63) / 64 * 64;
+  return rounded > kChunk ? rounded : kChunk;
+}
+
+// The upstream gradient factor of row r (RowStats::grad), 1 when absent.
+template <class T>
+inline T grad_factor(const RowStats& s, int64_t r) {
+  return s.grad ? reinterpret_cast<const T*>(s.grad)[s.grad_stride * r] : T(1);
+}
+
+inline int64_t class_index(const Target& t, int64_t r) {
+  return t.dtype == DType::Int32 ? reinterpret_cast<const int32_t*>(t.data)[r * t.stride]
+                                 : reinterpret_cast<const int64_t*>(t.data)[r * t.stride];
+}
+
+template <class V, class T = typename V::T>
+T max_of(const T* x, int64_t n) {
+  constexpr int W = V::width;
+  V m0 = V::set1(neg_inf<T>()), m1 = m0;
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    m0 = V::max(m0, V::load(x + i));
+    m1 = V::max(m1, V::load(x + i + W));
+  }
+  for (; i + W <= n; i += W) m0 = V::max(m0, V::load(x + i));
+  T m = V::max(m0, m1).hmax();
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+template <class V, class T = typename V::T>
+T sum_of(const T* x, int64_t n) {
+  constexpr int W = V::width;
+  V s0 = V::set1(0), s1 = s0;
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    s0 = s0 + V::load(x + i);
+    s1 = s1 + V::load(x + i + W);
+  }
+  for (; i + W <= n; i += W) s0 = s0 + V::load(x + i);
+  T s = (s0 + s1).hsum();
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+// sum_i exp(x_i - m), also writing each exp to e[i] when Store (e may alias x).
+template <class V, bool Store, class T = typename V::T>
+T sum_exp(const T* x, int64_t n, T m, T* e) {
+  using S = typename V::Scalar;
+  constexpr int W = V::width;
+  const V vm = V::set1(m);
+  V s0 = V::set1(0), s1 = s0;
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    V e0 = vexp(V::load(x + i) - vm);
+    V e1 = vexp(V::load(x + i + W) - vm);
+    if constexpr (Store) {
+      e0.store(e + i);
+      e1.store(e + i + W);
+    }
+    s0 = s0 + e0;
+    s1 = s1 + e1;
+  }
+  for (; i + W <= n; i += W) {
+    V e0 = vexp(V::load(x + i) - vm);
+    if constexpr (Store) e0.store(e + i);
+    s0 = s0 + e0;
+  }
+  T s = (s0 + s1).hsum();
+  for (; i < n; ++i) {
+    T ei = vexp(S{x[i] - m}).v;
+    if constexpr (Store) e[i] = ei;
+    s += ei;
+  }
+  return s;
+}
+
+// Per-class coefficients u_c = (a q_c + b) w_c of a weighted sum over the row; q and w are
+// left out (taken as 0 and 1) unless HasQ / HasW.
+template <class T>
+struct ClassCoefficients {
+  const T* q = nullptr;  // probability target row
+  const T* w = nullptr;  // class weights
+  T a = 0, b = 1;
+};
+
+// u_j = (a q_j + b) w_j for the W classes starting at j (V may be the one-lane Scalar).
+template <class V, bool HasQ, bool HasW, class T = typename V::T>
+inline V coefficient(const ClassCoefficients<T>& k, int64_t j) {
+  V u = V::set1(k.b);
+  if constexpr (HasQ) u = V::fma(V::set1(k.a), V::load(k.q + j), u);
+  if constexpr (HasW) u = u * V::load(k.w + j);
+  return u;
+}
+
+// dot += sum_j u_j x_j and usum += sum_j u_j over the n classes of a chunk.
+template <class V, bool HasQ, bool HasW, class T = typename V::T>
+void weighted_sums(const T* x, int64_t n, const ClassCoefficients<T>& k, T& dot, T& usum) {
+  using S = typename V::Scalar;
+  constexpr int W = V::width;
+  V d = V::set1(0), u = V::set1(0);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    V c = coefficient<V, HasQ, HasW>(k, i);
+    d = V::fma(c, V::load(x + i), d);
+    u = u + c;
+  }
+  T ds = d.hsum(), us = u.hsum();
+  for (; i < n; ++i) {
+    T c = coefficient<S, HasQ, HasW>(k, i).v;
+    ds += c * x[i];
+    us += c;
+  }
+  dot += ds;
+  usum += us;
+}
+
+// What one sweep over a row learns about it.
+template <class T>
+struct RowSummary {
+  T max = neg_inf<T>();
+  T sum = 0;            // sum exp(x - max)
+  int64_t argmax = 0;   // first index of the max (NaN handled in finish())
+  T dot = 0, usum = 0;  // weighted sums, when asked for
+  T lse = 0;
+};
+
+// The online sweep described at the top of this file. With Dot it also accumulates
+// sum u_c x_c and sum u_c (label smoothing, probability targets). With Store it writes
+// exp(x - running max) to e (which may alias x) and each chunk's running max to chunk_max.
+template <class V, bool Store, bool Dot, bool HasQ, bool HasW, class T = typename V::T>
+RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>& k,
+                            NoDeduce<T>* e, NoDeduce<T>* chunk_max) {
+  RowSummary<T> s;
+  const int64_t len = chunk_length(cols);
+  for (int64_t c0 = 0, chunk = 0; c0 < cols; c0 += len, ++chunk) {
+    const int64_t n = min_i64(len, cols - c0);
+    if constexpr (Dot) {
+      ClassCoefficients<T> kc = k;
+      if constexpr (HasQ) kc.q += c0;
+      if constexpr (HasW) kc.w += c0;
+      weighted_sums<V, HasQ, HasW>(x + c0, n, kc, s.dot, s.usum);  // before e overwrites x
+    }
+    const T cm = max_of<V>(x + c0, n);
+    if (cm > s.max) {
+      s.sum *= scalar_exp(s.max - cm);
+      s.max = cm;
+      s.argmax = c0 + first_index_of(x + c0, n, cm);
+    }
+    if (s.max == neg_inf<T>()) {  // every value so far is -inf: each contributes exp(-inf) = 0
+      if constexpr (Store) fill(e + c0, n, T(0));
+    } else {
+      s.sum += sum_exp<V, Store>(x + c0, n, s.max, e + (Store ? c0 : 0));
+    }
+    if constexpr (Store) chunk_max[chunk] = s.max;
+  }
+  s.lse = s.max + scalar_log(s.sum);
+  if (is_nan(s.lse)) s.argmax = argmax_of(x, cols);  // NaN or +inf in the row: rare, rescan
+  return s;
+}
+
+// The second sweep after a Store sweep: d holds exp(x - chunk max); turn it into
+//   d_c = scale * exp(x_c - lse) - (alpha q_c + beta) w_c.
+template <class V, bool HasQ, bool HasW, class T = typename V::T>
+void finish_from_exps(T* d, int64_t cols, const T* chunk_max, T lse, T scale,
+                      const ClassCoefficients<T>& k) {
+  using S = typename V::Scalar;
+  constexpr int W = V::width;
+  const int64_t len = chunk_length(cols);
+  for (int64_t c0 = 0, chunk = 0; c0 < cols; c0 += len, ++chunk) {
+    const int64_t end = min_i64(cols, c0 + len);
+    const T s = scale * scalar_exp(chunk_max[chunk] - lse);
+    const V vs = V::set1(s);
+    int64_t i = c0;
+    for (; i + W <= end; i += W)
+      (V::load(d + i) * vs - coefficient<V, HasQ, HasW>(k, i)).store(d + i);
+    for (; i < end; ++i) d[i] = d[i] * s - coefficient<S, HasQ, HasW>(k, i).v;
+  }
+}
+
+// One sweep when lse is already known: d_c = scale * exp(x_c - lse) - (alpha q_c + beta) w_c.
+template <class V, bool HasQ, bool HasW, class T = typename V::T>
+void gradient_from_lse(const T* x, T* d, int64_t cols, T lse, T scale,
+                       const ClassCoefficients<T>& k) {
+  using S = typename V::Scalar;
+  constexpr int W = V::width;
+  const V vl = V::set1(lse), vs = V::set1(scale);
+  int64_t i = 0;
+  for (; i + W <= cols; i += W)
+    (vexp(V::load(x + i) - vl) * vs - coefficient<V, HasQ, HasW>(k, i)).store(d + i);
+  for (; i < cols; ++i)
+    d[i] = vexp(S{x[i] - lse}).v * scale - coefficient<S, HasQ, HasW>(k, i).v;
+}
+
+// Calls f(has_q, has_w) with the two flags as std::bool_constant values, so that the inner
+// loops it instantiates carry no branches for options that are off.
+template <class F>
+void with_flags(bool has_q, bool has_w, F&& f) {
+  using Yes = std::true_type;
+  using No = std::false_type;
+  if (has_q) {
+    if (has_w) f(Yes{}, Yes{});
+    else f(Yes{}, No{});
+  } else {
+    if (has_w) f(No{}, Yes{});
+    else f(No{}, No{});
+  }
+}
+
+}  // namespace
+}  // namespace fusedce::cpu

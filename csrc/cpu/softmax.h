@@ -1,0 +1,66 @@
+// softmax and log_softmax on the CPU, forward and backward. The CUDA twin is
+// csrc/cuda/softmax.cu.
+//
+//   softmax      y_c = exp(x_c - lse)          backward  dx_c = y_c (g_c - sum_k g_k y_k)
+//   log_softmax  y_c = x_c - lse               backward  dx_c = g_c - exp(y_c) sum_k g_k
+// lse = log sum_c exp(x_c) comes from the online sweep of rowwise.h. softmax writes
+// exp(x - running max) during that sweep and rescales it in place, so it reads x once and
+// computes one exp per element, like the fused cross-entropy.
+#pragma once
+#include "cpu/rowwise.h"
+
+namespace fusedce::cpu {
+namespace {
+
+template <class V, class T = typename V::T>
+void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, int64_t r1) {
+  constexpr int W = V::width;
+  const int64_t C = x.cols;
+  const ClassCoefficients<T> none{nullptr, nullptr, 0, 0};
+  T chunk_max[kMaxChunks];
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = row_ptr<T>(x, r);
+    T* yr = row_ptr<T>(y, r);
+    if (!log) {
+      const auto s = summarise_row<V, true, false, false, false>(xr, C, none, yr, chunk_max);
+      finish_from_exps<V, false, false>(yr, C, chunk_max, s.lse, T(1), none);
+      continue;
+    }
+    const auto s = summarise_row<V, false, false, false, false>(xr, C, none, nullptr, nullptr);
+    const V lse = V::set1(s.lse);
+    int64_t c = 0;
+    for (; c + W <= C; c += W) (V::load(xr + c) - lse).store(yr + c);
+    for (; c < C; ++c) yr[c] = xr[c] - s.lse;
+  }
+}
+
+template <class V, class T = typename V::T>
+void softmax_backward_rows(const Rows& grad, const Rows& y, const Rows& dx, bool log, int64_t r0,
+                           int64_t r1) {
+  using S = typename V::Scalar;
+  constexpr int W = V::width;
+  const int64_t C = y.cols;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* g = row_ptr<T>(grad, r);
+    const T* yr = row_ptr<T>(y, r);
+    T* d = row_ptr<T>(dx, r);
+    int64_t c = 0;
+    if (log) {
+      const T total = sum_of<V>(g, C);
+      const V vtotal = V::set1(total);
+      for (; c + W <= C; c += W) (V::load(g + c) - vexp(V::load(yr + c)) * vtotal).store(d + c);
+      for (; c < C; ++c) d[c] = g[c] - vexp(S{yr[c]}).v * total;
+      continue;
+    }
+    V acc = V::set1(0);
+    for (; c + W <= C; c += W) acc = V::fma(V::load(g + c), V::load(yr + c), acc);
+    T dot = acc.hsum();
+    for (; c < C; ++c) dot += g[c] * yr[c];
+    const V vdot = V::set1(dot);
+    for (c = 0; c + W <= C; c += W) (V::load(yr + c) * (V::load(g + c) - vdot)).store(d + c);
+    for (; c < C; ++c) d[c] = yr[c] * (g[c] - dot);
+  }
+}
+
+}  // namespace
+}  // namespace fusedce::cpu

@@ -1,0 +1,113 @@
+// AVX2 + FMA vectors: 8 floats or 4 doubles. Same interface as ScalarVec (vec_scalar.h).
+#pragma once
+#include <immintrin.h>
+#include <cstdint>
+#include <cstring>
+
+namespace fusedce::cpu::avx2 {
+namespace {
+#include "vec_scalar.h"
+
+struct V32 {
+  using T = float;
+  using Scalar = S32;
+  static constexpr int width = 8;
+  __m256 v;
+
+  static V32 load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  static V32 set1(float x) { return {_mm256_set1_ps(x)}; }
+  // The caller guarantees 7 * stride fits in int32 (see the small-class path).
+  static __m256i lane_offsets(int64_t stride) {
+    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                              _mm256_set1_epi32(static_cast<int>(stride)));
+  }
+  static V32 gather(const float* base, int64_t stride) {
+    return {_mm256_i32gather_ps(base, lane_offsets(stride), 4)};
+  }
+  void scatter(float* base, int64_t stride) const {  // AVX2 has no scatter instruction
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, v);
+    for (int i = 0; i < 8; ++i) base[i * stride] = lanes[i];
+  }
+
+  friend V32 operator+(V32 a, V32 b) { return {_mm256_add_ps(a.v, b.v)}; }
+  friend V32 operator-(V32 a, V32 b) { return {_mm256_sub_ps(a.v, b.v)}; }
+  friend V32 operator*(V32 a, V32 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  static V32 fma(V32 a, V32 b, V32 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  static V32 max(V32 a, V32 b) { return {_mm256_max_ps(a.v, b.v)}; }
+  static V32 min(V32 a, V32 b) { return {_mm256_min_ps(a.v, b.v)}; }
+  static V32 zero_if_less(V32 x, V32 limit, V32 value) {
+    return {_mm256_andnot_ps(_mm256_cmp_ps(x.v, limit.v, _CMP_LT_OQ), value.v)};
+  }
+  static V32 round_nearest(V32 x) {
+    return {_mm256_round_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+  }
+  static V32 ldexp(V32 p, V32 n) {
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23);
+    return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(e))};
+  }
+  float hsum() const {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+  float hmax() const {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+  }
+};
+
+struct V64 {
+  using T = double;
+  using Scalar = S64;
+  static constexpr int width = 4;
+  __m256d v;
+
+  static V64 load(const double* p) { return {_mm256_loadu_pd(p)}; }
+  void store(double* p) const { _mm256_storeu_pd(p, v); }
+  static V64 set1(double x) { return {_mm256_set1_pd(x)}; }
+  static V64 gather(const double* base, int64_t stride) {
+    __m128i idx = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(static_cast<int>(stride)));
+    return {_mm256_i32gather_pd(base, idx, 8)};
+  }
+  void scatter(double* base, int64_t stride) const {
+    alignas(32) double lanes[4];
+    _mm256_store_pd(lanes, v);
+    for (int i = 0; i < 4; ++i) base[i * stride] = lanes[i];
+  }
+
+  friend V64 operator+(V64 a, V64 b) { return {_mm256_add_pd(a.v, b.v)}; }
+  friend V64 operator-(V64 a, V64 b) { return {_mm256_sub_pd(a.v, b.v)}; }
+  friend V64 operator*(V64 a, V64 b) { return {_mm256_mul_pd(a.v, b.v)}; }
+  static V64 fma(V64 a, V64 b, V64 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
+  static V64 max(V64 a, V64 b) { return {_mm256_max_pd(a.v, b.v)}; }
+  static V64 min(V64 a, V64 b) { return {_mm256_min_pd(a.v, b.v)}; }
+  static V64 zero_if_less(V64 x, V64 limit, V64 value) {
+    return {_mm256_andnot_pd(_mm256_cmp_pd(x.v, limit.v, _CMP_LT_OQ), value.v)};
+  }
+  static V64 round_nearest(V64 x) {
+    return {_mm256_round_pd(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+  }
+  static V64 ldexp(V64 p, V64 n) {
+    // AVX2 cannot convert doubles to int64: adding 1.5 * 2^52 puts n in the low mantissa bits.
+    const __m256d shifter = _mm256_set1_pd(6755399441055744.0);
+    __m256i bits = _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(n.v, shifter)),
+                                    _mm256_castpd_si256(shifter));
+    __m256i e = _mm256_slli_epi64(_mm256_add_epi64(bits, _mm256_set1_epi64x(1023)), 52);
+    return {_mm256_mul_pd(p.v, _mm256_castsi256_pd(e))};
+  }
+  double hsum() const {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+  double hmax() const {
+    __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
+  }
+};
+}  // namespace
+}  // namespace fusedce::cpu::avx2

@@ -1,0 +1,86 @@
+// AVX-512 (F + DQ) vectors: 16 floats or 8 doubles. Same interface as ScalarVec (vec_scalar.h).
+#pragma once
+#include <immintrin.h>
+#include <cstdint>
+#include <cstring>
+
+namespace fusedce::cpu::avx512 {
+namespace {
+#include "vec_scalar.h"
+
+struct V32 {
+  using T = float;
+  using Scalar = S32;
+  static constexpr int width = 16;
+  __m512 v;
+
+  static V32 load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  static V32 set1(float x) { return {_mm512_set1_ps(x)}; }
+  // The caller guarantees 15 * stride fits in int32 (see the small-class path).
+  static __m512i lane_offsets(int64_t stride) {
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32(static_cast<int>(stride)));
+  }
+  static V32 gather(const float* base, int64_t stride) {
+    return {_mm512_i32gather_ps(lane_offsets(stride), base, 4)};
+  }
+  void scatter(float* base, int64_t stride) const {
+    _mm512_i32scatter_ps(base, lane_offsets(stride), v, 4);
+  }
+
+  friend V32 operator+(V32 a, V32 b) { return {_mm512_add_ps(a.v, b.v)}; }
+  friend V32 operator-(V32 a, V32 b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  friend V32 operator*(V32 a, V32 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  static V32 fma(V32 a, V32 b, V32 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  static V32 max(V32 a, V32 b) { return {_mm512_max_ps(a.v, b.v)}; }
+  static V32 min(V32 a, V32 b) { return {_mm512_min_ps(a.v, b.v)}; }
+  static V32 zero_if_less(V32 x, V32 limit, V32 value) {
+    return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x.v, limit.v, _CMP_NLT_UQ), value.v)};
+  }
+  static V32 round_nearest(V32 x) {
+    return {_mm512_roundscale_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+  }
+  static V32 ldexp(V32 p, V32 n) { return {_mm512_scalef_ps(p.v, n.v)}; }
+  float hsum() const { return _mm512_reduce_add_ps(v); }
+  float hmax() const { return _mm512_reduce_max_ps(v); }
+};
+
+struct V64 {
+  using T = double;
+  using Scalar = S64;
+  static constexpr int width = 8;
+  __m512d v;
+
+  static V64 load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  void store(double* p) const { _mm512_storeu_pd(p, v); }
+  static V64 set1(double x) { return {_mm512_set1_pd(x)}; }
+  static __m256i lane_offsets(int64_t stride) {
+    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                              _mm256_set1_epi32(static_cast<int>(stride)));
+  }
+  static V64 gather(const double* base, int64_t stride) {
+    return {_mm512_i32gather_pd(lane_offsets(stride), base, 8)};
+  }
+  void scatter(double* base, int64_t stride) const {
+    _mm512_i32scatter_pd(base, lane_offsets(stride), v, 8);
+  }
+
+  friend V64 operator+(V64 a, V64 b) { return {_mm512_add_pd(a.v, b.v)}; }
+  friend V64 operator-(V64 a, V64 b) { return {_mm512_sub_pd(a.v, b.v)}; }
+  friend V64 operator*(V64 a, V64 b) { return {_mm512_mul_pd(a.v, b.v)}; }
+  static V64 fma(V64 a, V64 b, V64 c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
+  static V64 max(V64 a, V64 b) { return {_mm512_max_pd(a.v, b.v)}; }
+  static V64 min(V64 a, V64 b) { return {_mm512_min_pd(a.v, b.v)}; }
+  static V64 zero_if_less(V64 x, V64 limit, V64 value) {
+    return {_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(x.v, limit.v, _CMP_NLT_UQ), value.v)};
+  }
+  static V64 round_nearest(V64 x) {
+    return {_mm512_roundscale_pd(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+  }
+  static V64 ldexp(V64 p, V64 n) { return {_mm512_scalef_pd(p.v, n.v)}; }
+  double hsum() const { return _mm512_reduce_add_pd(v); }
+  double hmax() const { return _mm512_reduce_max_pd(v); }
+};
+}  // namespace
+}  // namespace fusedce::cpu::avx512

@@ -1,0 +1,12 @@
+// The portable instruction set: one lane at a time (the compiler may still vectorise).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace fusedce::cpu::portable {
+namespace {
+#include "vec_scalar.h"
+using V32 = S32;
+using V64 = S64;
+}  // namespace
+}  // namespace fusedce::cpu::portable

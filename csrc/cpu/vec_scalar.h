@@ -1,0 +1,54 @@
+// One-lane "vectors": the portable path, and the tail of every vectorised loop.
+// Included inside the namespace of the instruction set being compiled (see isa_*.cpp).
+// The interface below is what every Vec type offers; kernels are templates over it.
+
+template <class T_, class Bits>
+struct ScalarVec {
+  using T = T_;
+  using Scalar = ScalarVec;
+  static constexpr int width = 1;
+  T v;
+
+  static ScalarVec load(const T* p) { return {*p}; }
+  void store(T* p) const { *p = v; }
+  static ScalarVec set1(T x) { return {x}; }
+  // Lane i reads base[i * stride]; with one lane, just base[0].
+  static ScalarVec gather(const T* base, int64_t) { return {*base}; }
+  void scatter(T* base, int64_t) const { *base = v; }
+
+  friend ScalarVec operator+(ScalarVec a, ScalarVec b) { return {a.v + b.v}; }
+  friend ScalarVec operator-(ScalarVec a, ScalarVec b) { return {a.v - b.v}; }
+  friend ScalarVec operator*(ScalarVec a, ScalarVec b) { return {a.v * b.v}; }
+  static ScalarVec fma(ScalarVec a, ScalarVec b, ScalarVec c) { return {a.v * b.v + c.v}; }
+  // Like x86 max/min: when either operand is NaN the second one is returned.
+  static ScalarVec max(ScalarVec a, ScalarVec b) { return {a.v > b.v ? a.v : b.v}; }
+  static ScalarVec min(ScalarVec a, ScalarVec b) { return {a.v < b.v ? a.v : b.v}; }
+  // x < limit ? 0 : value  (false for NaN x, so NaN survives)
+  static ScalarVec zero_if_less(ScalarVec x, ScalarVec limit, ScalarVec value) {
+    return {x.v < limit.v ? T(0) : value.v};
+  }
+
+  // Round to the nearest integer, ties to even, without a libm call: adding and removing
+  // 1.5 * 2^(mantissa bits) leaves the rounded value (valid for |x| < 2^22 or 2^51).
+  static ScalarVec round_nearest(ScalarVec x) {
+    constexpr T shifter = sizeof(T) == 4 ? T(12582912.0f) : T(6755399441055744.0);
+    T t = x.v + shifter;  // not folded away: we never build with -ffast-math
+    return {t - shifter};
+  }
+  // p * 2^n for an integral n inside the exponent range: build 2^n from its bits.
+  static ScalarVec ldexp(ScalarVec p, ScalarVec n) {
+    constexpr int mant = sizeof(T) == 4 ? 23 : 52;
+    constexpr int64_t bias = sizeof(T) == 4 ? 127 : 1023;
+    if (!(n.v == n.v)) return {n.v};  // NaN: converting it to an integer would be undefined
+    Bits bits = static_cast<Bits>(static_cast<int64_t>(n.v) + bias) << mant;
+    T scale;
+    std::memcpy(&scale, &bits, sizeof(T));
+    return {p.v * scale};
+  }
+
+  T hsum() const { return v; }
+  T hmax() const { return v; }
+};
+
+using S32 = ScalarVec<float, uint32_t>;
+using S64 = ScalarVec<double, uint64_t>;

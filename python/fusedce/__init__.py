@@ -1,0 +1,92 @@
+"""fusedce: fused softmax cross-entropy and log-softmax + NLL kernels for NumPy and CUDA arrays.
+
+The functions take NumPy arrays (SIMD, multithreaded C++ kernels) or CUDA arrays (CuPy, or
+anything with ``__cuda_array_interface__`` / a CUDA ``__dlpack__``: CUDA kernels on the
+current stream) and return arrays of the same kind. ``fusedce.reference`` holds the plain
+NumPy definitions they are tested against; ``fusedce.torch`` (imported on demand) the
+PyTorch drop-ins. See docs/api.md for the contract.
+"""
+
+from __future__ import annotations
+
+import os as _os
+import platform as _platform
+
+from . import _core
+from .functional import (
+    cross_entropy,
+    cross_entropy_backward,
+    cross_entropy_with_grad,
+    log_softmax,
+    log_softmax_backward,
+    mse_loss,
+    mse_loss_backward,
+    nll_loss,
+    nll_loss_backward,
+    softmax,
+    softmax_backward,
+)
+
+__version__ = getattr(_core, "__version__", "0.0.0")
+
+__all__ = [
+    "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
+    "nll_loss", "nll_loss_backward", "cross_entropy", "cross_entropy_backward",
+    "cross_entropy_with_grad", "mse_loss", "mse_loss_backward",
+    "set_num_threads", "get_num_threads", "simd_level", "available_simd_levels",
+    "set_simd_level", "cuda_available", "show_config", "__version__",
+]
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads (>= 1) for the CPU kernels. The default is every core this process
+    may use, or the environment variable FUSEDCE_NUM_THREADS."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an integer, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads the CPU kernels use."""
+    return _core.num_threads()
+
+
+def simd_level() -> str:
+    """The instruction set of the CPU kernels in use: "avx512", "avx2" or "portable"."""
+    return _core.simd_level()
+
+
+def available_simd_levels() -> list:
+    """The instruction sets this CPU can run, best first (always ends with "portable")."""
+    return list(_core.available_simd_levels())
+
+
+def set_simd_level(name: str) -> None:
+    """Run the CPU kernels of another instruction set (tests, benchmarks). The environment
+    variable FUSEDCE_SIMD does the same at import."""
+    if name not in available_simd_levels():
+        raise ValueError(f"name must be one of {available_simd_levels()} on this CPU, got {name!r}")
+    _core.set_simd_level(name)
+
+
+def cuda_available() -> bool:
+    """Whether the CUDA kernels were built and a GPU is visible."""
+    return bool(_core.cuda_available())
+
+
+def show_config(print_it: bool = True) -> str:
+    """Version, SIMD level, threads and CUDA support, as text (printed unless asked not to)."""
+    lines = [
+        f"fusedce {__version__}",
+        f"  machine:      {_platform.machine()}, {_os.cpu_count()} logical CPUs",
+        f"  simd:         {simd_level()} (available: {', '.join(available_simd_levels())})",
+        f"  threads:      {get_num_threads()}",
+        f"  cuda:         {'yes' if cuda_available() else 'no'} "
+        f"(build: {_core.cuda_build_info()}, devices: {_core.cuda_device_count()})",
+    ]
+    text = "\n".join(lines)
+    if print_it:
+        print(text)
+    return text

@@ -1,0 +1,678 @@
+"""fusedce's functions: checked arguments in, kernels called, arrays of the caller's kind out.
+
+Each function moves the class axis last (a view whenever possible), hands the kernels
+(rows x classes) matrices through :mod:`fusedce._arrays`, and shapes the results back.
+Reductions over rows ("sum", "mean") are done here from the kernels' per-row losses, in
+float64, so they do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _arrays as arrays
+from . import _checks as checks
+from . import _core
+
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "softmax_backward",
+    "log_softmax_backward",
+    "nll_loss",
+    "nll_loss_backward",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "cross_entropy_with_grad",
+    "mse_loss",
+    "mse_loss_backward",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Plumbing shared by the functions below
+
+
+class _Input:
+    """A floating input viewed as (rows, classes) in its compute dtype."""
+
+    def __init__(self, x, axis, name, backend):
+        self.backend = backend
+        xp = self.xp = backend.xp
+        self.array = checks.floating(arrays.as_array(x, backend, name), name)
+        self.axis = checks.axis_index(axis, self.array.ndim)
+        self.dtype = self.array.dtype
+        self.cdtype = checks.compute_dtype(self.dtype)
+        source = self.array if self.dtype == self.cdtype else self.array.astype(self.cdtype)
+        self.rows, self.moved_shape, copied = arrays.class_rows(source, self.axis, xp)
+        self.is_view = not copied and self.dtype == self.cdtype
+        self.n, self.c = self.rows.shape
+        self.row_shape = tuple(self.moved_shape[:-1])
+
+    def struct(self):
+        return arrays.rows_struct(self.rows)
+
+    def like(self, other, name):
+        """Another array of the same shape (grad, y, probabilities...), as rows."""
+        return _Input(other, self.axis, name, self.backend)
+
+
+class _Output:
+    """Where a kernel writes a (rows, classes) result, and how it reaches the caller."""
+
+    def __init__(self, inp: _Input, out=None, inplace=False, name="out"):
+        xp = inp.xp
+        self.inp, self.target, self.copy_back = inp, None, False
+        if inplace:
+            if inp.backend.xp is np and not inp.array.flags.writeable:
+                raise ValueError("inplace=True needs a writeable logits array; this one is read-only")
+            self.target = inp.array
+            if inp.is_view:
+                self.rows = inp.rows
+                return
+        elif out is not None:
+            checks.writable_out(out, inp.array.shape, inp.dtype, xp, name)
+            self.target = out
+            if inp.dtype == inp.cdtype:
+                rows, _, copied = arrays.class_rows(out, inp.axis, xp)
+                if not copied and not _overlaps(xp, out, inp, rows):
+                    self.rows = rows
+                    return
+        self.copy_back = self.target is not None
+        self.rows = xp.empty((inp.n, inp.c), dtype=inp.cdtype)
+
+    def struct(self):
+        return arrays.rows_struct(self.rows)
+
+    def result(self):
+        inp, xp = self.inp, self.inp.xp
+        if self.target is not None and not self.copy_back:
+            return self.target
+        full = xp.moveaxis(self.rows.reshape(inp.moved_shape), -1, inp.axis)
+        if self.copy_back:
+            xp.copyto(self.target, full, casting="unsafe")
+            return self.target
+        return full if inp.dtype == inp.cdtype else full.astype(inp.dtype)
+
+
+def _overlaps(xp, out, inp, rows):
+    """Whether out= overlaps the input other than as an exact alias (kernels may run in place,
+    element for element, but not over a shifted copy of their input)."""
+    if xp is not np or not np.may_share_memory(out, inp.array):
+        return False
+    same = rows.shape == inp.rows.shape and rows.strides == inp.rows.strides
+    return not (same and arrays.pointer(rows) == arrays.pointer(inp.rows))
+
+
+class _Target:
+    """A class-index or probability target checked against the logits."""
+
+    def __init__(self, target, inp: _Input, ignore_index, *, allow_probs=True, validate=True):
+        xp = inp.xp
+        t = arrays.as_array(target, inp.backend, "target")
+        self.kind, self.ignore_index = None, ignore_index
+        if t.dtype in checks.FLOAT_DTYPES and allow_probs:
+            checks.same_shape(t, inp.array.shape, "target", "probability targets have the logits' shape")
+            probs = inp.like(t, "target")
+            self.probs = probs.rows
+            self.index = None
+            self.struct = _core.Target(
+                _core.TargetKind.probabilities, arrays.pointer(self.probs),
+                arrays.dtype_code(inp.cdtype), arrays.rows_struct(self.probs).row_stride,
+            )
+            return
+        if t.dtype not in checks.INDEX_DTYPES:
+            what = "class indices (int32 or int64)"
+            if allow_probs:
+                what += " or class probabilities (floating, the logits' shape)"
+            raise TypeError(f"target must hold {what}, got dtype {t.dtype}")
+        checks.same_shape(t, inp.row_shape, "target", "the logits' shape without the class axis")
+        flat = xp.ascontiguousarray(t.reshape(-1))
+        if validate and flat.size:
+            bad = (flat != ignore_index) & ((flat < 0) | (flat >= inp.c))
+            if bool(bad.any()):
+                first = int(flat[int(xp.argmax(bad))])
+                raise IndexError(
+                    f"target holds class index {first}, outside [0, {inp.c}) and not "
+                    f"ignore_index={ignore_index}"
+                )
+        self.index = flat
+        self.probs = None
+        self.struct = _core.Target(
+            _core.TargetKind.class_index, arrays.pointer(flat), arrays.dtype_code(flat.dtype), 1
+        )
+
+    def row_weights(self, weight, inp: _Input):
+        """w[t] for each row, 0 for ignored rows (index targets only)."""
+        xp = inp.xp
+        valid = self.index != self.ignore_index
+        if weight is None:
+            return valid.astype(inp.cdtype)
+        safe = xp.where(valid & (self.index >= 0) & (self.index < inp.c), self.index, 0)
+        return weight[safe] * valid
+
+
+def _weight(weight, inp: _Input):
+    if weight is None:
+        return None
+    xp = inp.xp
+    w = arrays.as_array(weight, inp.backend, "weight")
+    if w.dtype.kind not in "fiu" or w.dtype == np.bool_:
+        raise TypeError(f"weight must be a real-valued array, got dtype {w.dtype}")
+    if w.shape != (inp.c,):
+        raise ValueError(f"weight must have shape ({inp.c},) (one weight per class), got {tuple(w.shape)}")
+    w = xp.ascontiguousarray(w, dtype=inp.cdtype)
+    if not bool(xp.isfinite(w).all()):
+        raise ValueError("weight must hold finite values")
+    return w
+
+
+def _options(weight, ignore_index, label_smoothing):
+    return _core.LossOptions(arrays.pointer(weight) if weight is not None else 0, ignore_index, label_smoothing)
+
+
+def _denominator(reduction, target: _Target, weight, inp: _Input):
+    """What "mean" divides by: the weight of the counted rows (their number for probabilities)."""
+    if reduction != "mean":
+        return None
+    if target.probs is not None:
+        return inp.xp.asarray(float(inp.n), dtype=np.float64)
+    return target.row_weights(weight, inp).sum(dtype=np.float64)
+
+
+def _reduce(losses, reduction, denom, inp: _Input):
+    xp = inp.xp
+    if reduction == "none":
+        return losses.reshape(inp.row_shape)
+    total = losses.sum(dtype=np.float64)
+    if reduction == "mean":
+        # Zero total weight (all rows ignored, or no rows) gives 0, not NaN: a documented choice.
+        total = xp.where(denom != 0, total / xp.where(denom != 0, denom, 1.0), 0.0)
+    return xp.asarray(total, dtype=inp.cdtype)
+
+
+def _grad_factors(grad_loss, reduction, denom, inp: _Input, row_shape):
+    """RowStats' upstream factors: (array kept alive, stride)."""
+    xp, cdtype = inp.xp, inp.cdtype
+    if reduction == "none" and getattr(grad_loss, "ndim", 0) > 0:
+        g = arrays.as_array(grad_loss, inp.backend, "grad_loss")
+        checks.same_shape(g, row_shape, "grad_loss", "the per-row loss of reduction='none'")
+        return arrays.flat_vector(g, xp, cdtype), 1
+    g = checks.scalar_grad(grad_loss)
+    g = xp.asarray(g, dtype=np.float64).reshape(())
+    if reduction == "mean":
+        g = xp.where(denom != 0, g / xp.where(denom != 0, denom, 1.0), 0.0)
+    return xp.asarray(g, dtype=cdtype).reshape(1), 0
+
+
+def _backend(**named):
+    return arrays.backend_of(named)
+
+
+# ---------------------------------------------------------------------------------------
+# softmax and log_softmax
+
+
+def _softmax(x, axis, out, log):
+    inp = _Input(x, axis, "x", _backend(x=x, out=out))
+    res = _Output(inp, out)
+    _core.softmax_forward(inp.struct(), res.struct(), log, inp.backend.launch())
+    return res.result()
+
+
+def softmax(x, axis=-1, *, out=None):
+    """Softmax along ``axis``: ``exp(x - logsumexp(x))``.
+
+    Parameters
+    ----------
+    x : array_like (float16, float32 or float64), at least 1-D
+    axis : int, default -1
+        The class axis.
+    out : ndarray, optional
+        Where to write the result (same shape and dtype as ``x``).
+
+    Returns
+    -------
+    ndarray, same shape and dtype as ``x``.
+
+    Raises
+    ------
+    TypeError for a non-floating ``x``; numpy.exceptions.AxisError (a ValueError and an
+    IndexError) for a bad ``axis``; TypeError/ValueError for a bad ``out``.
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> fusedce.softmax(np.array([0.0, np.log(3.0)])).round(6)
+    array([0.25, 0.75])
+    """
+    return _softmax(x, axis, out, False)
+
+
+def log_softmax(x, axis=-1, *, out=None):
+    """Log-softmax along ``axis``: ``x - logsumexp(x)``, computed stably.
+
+    Shapes, dtypes, ``out`` and errors as :func:`softmax`. -inf entries (masked classes)
+    stay -inf as long as the row has a finite entry.
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> fusedce.log_softmax(np.array([[1.0, 1.0], [0.0, -np.inf]]))
+    array([[-0.69314718, -0.69314718],
+           [ 0.        ,        -inf]])
+    """
+    return _softmax(x, axis, out, True)
+
+
+def _softmax_bwd(grad, y, axis, out, log):
+    backend = _backend(grad=grad, y=y, out=out)
+    yi = _Input(y, axis, "y", backend)
+    g = arrays.as_array(grad, backend, "grad")
+    checks.floating(g, "grad")
+    checks.same_shape(g, yi.array.shape, "grad", "the shape of y")
+    if g.dtype != yi.dtype:
+        raise TypeError(f"grad and y must have the same dtype, got {g.dtype} and {yi.dtype} (y)")
+    gi = yi.like(g, "grad")
+    res = _Output(yi, out)
+    _core.softmax_backward(gi.struct(), yi.struct(), res.struct(), log, backend.launch())
+    return res.result()
+
+
+def softmax_backward(grad, y, axis=-1, *, out=None):
+    """Gradient through softmax: ``dx = y * (grad - sum(grad * y, axis))``.
+
+    Parameters
+    ----------
+    grad : array_like, the gradient of the loss with respect to ``y``.
+    y : array_like, ``softmax(x, axis)``; same shape and dtype as ``grad``.
+    axis : int, default -1
+    out : ndarray, optional
+
+    Returns
+    -------
+    ndarray ``dL/dx``, the shape and dtype of ``y``.
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> y = fusedce.softmax(np.array([0.0, 0.0]))
+    >>> fusedce.softmax_backward(np.array([1.0, 0.0]), y)
+    array([ 0.25, -0.25])
+    """
+    return _softmax_bwd(grad, y, axis, out, False)
+
+
+def log_softmax_backward(grad, y, axis=-1, *, out=None):
+    """Gradient through log-softmax: ``dx = grad - exp(y) * sum(grad, axis)``.
+
+    ``y`` is ``log_softmax(x, axis)``; shapes, dtypes and errors as :func:`softmax_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> y = fusedce.log_softmax(np.array([0.0, 0.0]))
+    >>> fusedce.log_softmax_backward(np.array([-1.0, 0.0]), y)
+    array([-0.5,  0.5])
+    """
+    return _softmax_bwd(grad, y, axis, out, True)
+
+
+# ---------------------------------------------------------------------------------------
+# cross-entropy
+
+
+class _LossCall:
+    """The arguments every loss shares, checked once."""
+
+    def __init__(self, x, target, weight, ignore_index, reduction, label_smoothing, axis,
+                 x_name, backend, allow_probs=True, validate=True):
+        self.reduction = checks.reduction(reduction)
+        ignore_index = checks.ignore_index(ignore_index)
+        self.eps = checks.label_smoothing(label_smoothing)
+        self.inp = _Input(x, axis, x_name, backend)
+        self.weight = _weight(weight, self.inp)
+        self.target = _Target(target, self.inp, ignore_index, allow_probs=allow_probs, validate=validate)
+        self.options = _options(self.weight, ignore_index, self.eps)
+        self.denom = _denominator(self.reduction, self.target, self.weight, self.inp)
+        self.launch = backend.launch()
+
+    def per_row(self, dtype=None):
+        return self.inp.xp.empty(self.inp.n, dtype=dtype or self.inp.cdtype)
+
+    def grad_factors(self, grad_loss):
+        return _grad_factors(grad_loss, self.reduction, self.denom, self.inp, self.inp.row_shape)
+
+    def finish(self, losses, lse=None, argmax=None):
+        loss = _reduce(losses, self.reduction, self.denom, self.inp)
+        extras = [a.reshape(self.inp.row_shape) for a in (lse, argmax) if a is not None]
+        return (loss, *extras) if extras else loss
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, axis=-1, return_lse=False, return_argmax=False,
+                  validate_targets=True):
+    """Softmax cross-entropy of ``logits`` against class indices or class probabilities.
+
+    Follows ``torch.nn.functional.cross_entropy``: for a row ``x`` with class weights ``w``
+    (1 if ``weight`` is None), smoothing ``eps`` and ``lse = logsumexp(x)``,
+    index target ``t``: ``loss = (1-eps) w_t (lse - x_t) + eps/C sum_c w_c (lse - x_c)``;
+    probability target ``q``: ``loss = sum_c w_c q'_c (lse - x_c)``, ``q' = (1-eps) q + eps/C``.
+
+    Parameters
+    ----------
+    logits : array_like, float16/float32/float64, class axis ``axis`` (C classes)
+    target : array_like
+        int32/int64 class indices, shape = ``logits.shape`` without the class axis; or
+        floating class probabilities with the shape of ``logits``.
+    weight : array_like of shape (C,), optional
+        Per-class weights (finite).
+    ignore_index : int, default -100
+        Index targets equal to it contribute nothing (loss 0, gradient 0, not counted by mean).
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides by the total weight of counted rows (the row count for probability
+        targets); a zero total gives 0.0 (PyTorch gives NaN).
+    label_smoothing : float in [0, 1], default 0.0
+    axis : int, default -1
+        The class axis; for (N, C, d1, ...) inputs in PyTorch's layout pass ``axis=1``.
+    return_lse, return_argmax : bool, default False
+        Also return the per-row log-sum-exp (for :func:`cross_entropy_backward`) and the
+        predicted class (argmax of the row), both from the same single pass.
+    validate_targets : bool, default True
+        Check index targets against [0, C); on a GPU this costs a synchronisation, and with
+        it off an out-of-range index gives a NaN loss for its row.
+
+    Returns
+    -------
+    loss : ndarray
+        0-d for "sum"/"mean", shaped like an index target for "none"; float32 for
+        float16/float32 logits, float64 for float64.
+    lse, argmax : ndarray, optional
+        Per row (float compute dtype, int64), when asked for, in that order.
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError naming the bad argument (see docs/api.md).
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> float(fusedce.cross_entropy(logits, np.array([0, 2])).round(6))
+    0.626195
+    >>> loss, pred = fusedce.cross_entropy(logits, np.array([0, 2]), reduction="none",
+    ...                                    return_argmax=True)
+    >>> pred
+    array([0, 0])
+    """
+    call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
+                     "logits", _backend(logits=logits, target=target, weight=weight),
+                     validate=validate_targets)
+    losses = call.per_row()
+    lse = call.per_row() if return_lse else None
+    argmax = call.per_row(np.int64) if return_argmax else None
+    stats = _core.RowStats(loss=arrays.pointer(losses),
+                           lse=arrays.pointer(lse) if lse is not None else 0,
+                           argmax=arrays.pointer(argmax) if argmax is not None else 0)
+    _core.cross_entropy_forward(call.inp.struct(), call.target.struct, call.options, stats, call.launch)
+    return call.finish(losses, lse, argmax)
+
+
+def cross_entropy_backward(grad_loss, logits, target, *, weight=None, ignore_index=-100,
+                           reduction="mean", label_smoothing=0.0, axis=-1, lse=None, out=None,
+                           validate_targets=True):
+    """Gradient of :func:`cross_entropy` with respect to ``logits``.
+
+    ``d loss / d x_c = g (p_c A - u_c) - g (1-eps) w_t [c == t]`` with ``p = softmax(x)``
+    (see docs/fusion.md for ``A`` and ``u``), ``g`` the upstream gradient of the row.
+
+    Parameters
+    ----------
+    grad_loss : scalar or array_like
+        The gradient of the returned loss: a scalar for "sum"/"mean", per-row array (the
+        shape of the loss) or scalar for "none".
+    logits, target, weight, ignore_index, reduction, label_smoothing, axis
+        As for :func:`cross_entropy`.
+    lse : array_like, optional
+        The per-row log-sum-exp from ``cross_entropy(..., return_lse=True)``: skips
+        recomputing it, so the logits are read once.
+    out : ndarray, optional
+        Where to write the gradient (shape and dtype of ``logits``).
+
+    Returns
+    -------
+    ndarray, the shape and dtype of ``logits``.
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> fusedce.cross_entropy_backward(1.0, np.zeros((1, 2)), np.array([1]))
+    array([[ 0.5, -0.5]])
+    """
+    backend = _backend(logits=logits, target=target, weight=weight, lse=lse, out=out, grad_loss=grad_loss)
+    call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
+                     "logits", backend, validate=validate_targets)
+    factors, stride = call.grad_factors(grad_loss)
+    lse_rows = None
+    if lse is not None:
+        lse_arr = arrays.as_array(lse, backend, "lse")
+        checks.same_shape(lse_arr, call.inp.row_shape, "lse", "one value per row of logits")
+        lse_rows = arrays.flat_vector(lse_arr, call.inp.xp, call.inp.cdtype)
+    res = _Output(call.inp, out)
+    stats = _core.RowStats(lse=arrays.pointer(lse_rows) if lse_rows is not None else 0,
+                           lse_is_input=lse_rows is not None,
+                           grad=arrays.pointer(factors), grad_stride=stride)
+    _core.cross_entropy_with_grad(call.inp.struct(), call.target.struct, call.options, stats,
+                                  res.struct(), call.launch)
+    return res.result()
+
+
+def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0, axis=-1, grad_loss=1.0, out=None, inplace=False,
+                            return_lse=False, return_argmax=False, validate_targets=True):
+    """Loss and gradient of :func:`cross_entropy` in one fused pass over the logits.
+
+    Each row is read from memory once; its gradient is written once, while the row is
+    still in cache. Equivalent to ``cross_entropy`` followed by ``cross_entropy_backward``
+    with ``grad_loss``.
+
+    Parameters
+    ----------
+    logits, target, weight, ignore_index, reduction, label_smoothing, axis
+        As for :func:`cross_entropy`.
+    grad_loss : scalar or array_like, default 1.0
+        Upstream gradient of the loss (per-row array allowed for "none").
+    out : ndarray, optional
+        Where to write the gradient.
+    inplace : bool, default False
+        Write the gradient over ``logits`` (which must be a writeable array) and return it:
+        no extra N x C memory.
+    return_lse, return_argmax : bool, default False
+        Also return the per-row log-sum-exp and predicted class.
+
+    Returns
+    -------
+    (loss, grad) or (loss, grad, lse?, argmax?)
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> loss, grad = fusedce.cross_entropy_with_grad(np.zeros((2, 2)), np.array([0, 1]))
+    >>> float(loss.round(6)), grad
+    (0.693147, array([[-0.25,  0.25],
+           [ 0.25, -0.25]]))
+    """
+    if inplace and out is not None:
+        raise ValueError("out and inplace=True are exclusive: inplace writes over logits")
+    backend = _backend(logits=logits, target=target, weight=weight, out=out, grad_loss=grad_loss)
+    call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
+                     "logits", backend, validate=validate_targets)
+    if inplace and call.target.probs is not None and call.inp.xp is np \
+            and np.may_share_memory(call.target.probs, call.inp.array):
+        raise ValueError("target must not share memory with logits when inplace=True")
+    factors, stride = call.grad_factors(grad_loss)
+    res = _Output(call.inp, out, inplace=inplace)
+    losses = call.per_row()
+    lse = call.per_row() if return_lse else None
+    argmax = call.per_row(np.int64) if return_argmax else None
+    stats = _core.RowStats(loss=arrays.pointer(losses),
+                           lse=arrays.pointer(lse) if lse is not None else 0,
+                           argmax=arrays.pointer(argmax) if argmax is not None else 0,
+                           grad=arrays.pointer(factors), grad_stride=stride)
+    _core.cross_entropy_with_grad(call.inp.struct(), call.target.struct, call.options, stats,
+                                  res.struct(), call.launch)
+    loss = call.finish(losses)
+    extras = [a.reshape(call.inp.row_shape) for a in (lse, argmax) if a is not None]
+    return (loss, res.result(), *extras)
+
+
+# ---------------------------------------------------------------------------------------
+# nll
+
+
+def nll_loss(logp, target, *, weight=None, ignore_index=-100, reduction="mean", axis=-1,
+             validate_targets=True):
+    """Negative log-likelihood of class indices: ``loss = -w_t logp_t`` per row.
+
+    Follows ``torch.nn.functional.nll_loss`` ("mean" divides by the total weight of
+    non-ignored rows; a zero total gives 0.0). ``nll_loss(log_softmax(x), t)`` equals
+    ``cross_entropy(x, t)``.
+
+    Parameters
+    ----------
+    logp : array_like, float16/float32/float64, class axis ``axis``
+        Log-probabilities (typically from :func:`log_softmax`).
+    target : array_like of int32/int64, shape = ``logp.shape`` without the class axis
+    weight, ignore_index, reduction, axis, validate_targets
+        As for :func:`cross_entropy`.
+
+    Returns
+    -------
+    ndarray, 0-d or per row.
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> float(fusedce.nll_loss(np.log(np.array([[0.5, 0.5], [0.25, 0.75]])), np.array([0, 1])).round(6))
+    0.490415
+    """
+    call = _LossCall(logp, target, weight, ignore_index, reduction, 0.0, axis, "logp",
+                     _backend(logp=logp, target=target, weight=weight), allow_probs=False,
+                     validate=validate_targets)
+    losses = call.per_row()
+    _core.nll_forward(call.inp.struct(), call.target.struct, call.options,
+                      _core.RowStats(loss=arrays.pointer(losses)), call.launch)
+    return call.finish(losses)
+
+
+def nll_loss_backward(grad_loss, logp, target, *, weight=None, ignore_index=-100, reduction="mean",
+                      axis=-1, out=None, validate_targets=True):
+    """Gradient of :func:`nll_loss` with respect to ``logp``: ``-g w_t`` at the target class.
+
+    Parameters as :func:`nll_loss`, plus ``grad_loss`` (as in :func:`cross_entropy_backward`)
+    and ``out``. Returns an array of ``logp``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> fusedce.nll_loss_backward(1.0, np.zeros((2, 2)), np.array([0, 1]))
+    array([[-0.5,  0. ],
+           [ 0. , -0.5]])
+    """
+    backend = _backend(logp=logp, target=target, weight=weight, out=out, grad_loss=grad_loss)
+    call = _LossCall(logp, target, weight, ignore_index, reduction, 0.0, axis, "logp", backend,
+                     allow_probs=False, validate=validate_targets)
+    factors, stride = call.grad_factors(grad_loss)
+    res = _Output(call.inp, out)
+    stats = _core.RowStats(grad=arrays.pointer(factors), grad_stride=stride)
+    _core.nll_backward(call.inp.struct(), call.target.struct, call.options, stats, res.struct(), call.launch)
+    return res.result()
+
+
+# ---------------------------------------------------------------------------------------
+# mse: the regression case (identity activation, squared error)
+
+
+def _mse_inputs(pred, target, backend):
+    p = arrays.as_array(pred, backend, "pred")
+    checks.floating(p, "pred")
+    t = arrays.as_array(target, backend, "target")
+    if t.dtype not in checks.FLOAT_DTYPES:
+        raise TypeError(f"target must be a floating array, got dtype {t.dtype}")
+    checks.same_shape(t, p.shape, "target", "the shape of pred")
+    pi = _Input(p, -1, "pred", backend)
+    ti = pi.like(t.astype(p.dtype, copy=False), "target")
+    return pi, ti
+
+
+def mse_loss(pred, target, *, reduction="mean"):
+    """Mean squared error: ``(pred - target)**2`` per element, reduced.
+
+    Parameters
+    ----------
+    pred, target : array_like, floating, same shape (at least 1-D)
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides by the number of elements (0.0 for empty input).
+
+    Returns
+    -------
+    ndarray: 0-d, or elementwise for "none" (float32 for float16/float32, float64 for float64).
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> float(fusedce.mse_loss(np.array([1.0, 2.0]), np.array([0.0, 0.0])))
+    2.5
+    """
+    reduction = checks.reduction(reduction)
+    backend = _backend(pred=pred, target=target)
+    pi, ti = _mse_inputs(pred, target, backend)
+    xp = pi.xp
+    each = xp.empty((pi.n, pi.c), dtype=pi.cdtype) if reduction == "none" else None
+    sums = xp.empty(pi.n, dtype=pi.cdtype) if reduction != "none" else None
+    stats = _core.RowStats(loss=arrays.pointer(sums) if sums is not None else 0)
+    each_rows = arrays.rows_struct(each) if each is not None else _core.Rows()
+    _core.mse_forward(pi.struct(), ti.struct(), stats, each_rows, backend.launch())
+    if reduction == "none":
+        return each.reshape(pi.moved_shape)
+    total = sums.sum(dtype=np.float64)
+    if reduction == "mean":
+        count = pi.n * pi.c
+        total = total / count if count else total * 0.0
+    return xp.asarray(total, dtype=pi.cdtype)
+
+
+def mse_loss_backward(grad_loss, pred, target, *, reduction="mean", out=None):
+    """Gradient of :func:`mse_loss` with respect to ``pred``: ``2 (pred - target) g``.
+
+    ``grad_loss`` is a scalar for "sum"/"mean" (divided by the element count for "mean"),
+    an array of ``pred``'s shape (or a scalar) for "none". Returns ``pred``'s shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, fusedce
+    >>> fusedce.mse_loss_backward(1.0, np.array([1.0, 2.0]), np.array([0.0, 0.0]))
+    array([1., 2.])
+    """
+    reduction = checks.reduction(reduction)
+    backend = _backend(pred=pred, target=target, out=out, grad_loss=grad_loss)
+    pi, ti = _mse_inputs(pred, target, backend)
+    xp = pi.xp
+    grad_each = _core.Rows()
+    keep = None
+    if reduction == "none" and getattr(grad_loss, "ndim", 0) > 0:
+        g = arrays.as_array(grad_loss, backend, "grad_loss")
+        checks.same_shape(g, pi.array.shape, "grad_loss", "the elementwise loss of reduction='none'")
+        keep = pi.like(g.astype(pi.dtype, copy=False), "grad_loss")
+        grad_each = keep.struct()
+        factors, stride = xp.ones(1, dtype=pi.cdtype), 0
+    else:
+        g = xp.asarray(checks.scalar_grad(grad_loss), dtype=np.float64).reshape(())
+        if reduction == "mean":
+            count = pi.n * pi.c
+            g = g / count if count else g * 0.0
+        factors, stride = xp.asarray(g, dtype=pi.cdtype).reshape(1), 0
+    res = _Output(pi, out)
+    stats = _core.RowStats(grad=arrays.pointer(factors), grad_stride=stride)
+    _core.mse_backward(pi.struct(), ti.struct(), grad_each, stats, res.struct(), backend.launch())
+    return res.result()
