@@ -31,6 +31,9 @@ struct CeRow {
   T g = 1;                  // upstream factor, 0 for ignored rows
   ClassCoefficients<T> k;   // the u_c of the smoothing / probability term
   bool dot = false;         // whether the sweep must gather sum u_c x_c
+  const T* q = nullptr;     // probability target row
+
+  bool ignored() const { return t < 0 && !bad && !q; }
 };
 
 template <class T>
@@ -63,7 +66,7 @@ struct CeContext {
     row.g = grad_factor<T>(stats, r);
     row.k.w = w;
     if (probs) {
-      row.k.q = reinterpret_cast<const T*>(target.data) + r * target.stride;
+      row.k.q = row.q = reinterpret_cast<const T*>(target.data) + r * target.stride;
       row.k.a = 1 - eps;
       row.k.b = eps / static_cast<T>(C);
       row.dot = true;
@@ -133,43 +136,64 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
   const Rows& logits = ce.logits;
   const int64_t C = logits.cols, xs = logits.row_stride;
   const T* x = row_ptr<T>(logits, r);
-  const bool has_w = ce.w != nullptr, dot = ce.eps > 0;
+  const T eps = ce.eps, inv_c = T(1) / static_cast<T>(C);
+  const bool has_w = ce.w != nullptr;
 
+  // The block's logits, class by class (lane i = row r + i), and their row max.
+  V xc[kSmallClasses], e[kSmallClasses];
   V m = V::set1(neg_inf<T>());
-  for (int64_t c = 0; c < C; ++c) m = V::max(m, V::gather(x + c, xs));
+  for (int64_t c = 0; c < C; ++c) {
+    xc[c] = V::gather(x + c, xs);
+    m = V::max(m, xc[c]);
+  }
   V sum = V::set1(0), wx = V::set1(0);
   for (int64_t c = 0; c < C; ++c) {
-    const V xc = V::gather(x + c, xs);
-    sum = sum + vexp(xc - m);
-    if (dot) wx = V::fma(V::set1(has_w ? ce.w[c] : T(1)), xc, wx);
+    e[c] = vexp(xc[c] - m);
+    sum = sum + e[c];
+    if (eps > 0) wx = V::fma(has_w ? V::set1(ce.w[c]) : V::set1(1), xc[c], wx);
   }
-  alignas(64) T lane_m[W], lane_sum[W], lane_dot[W], lane_lse[W], lane_A[W], lane_B[W];
-  m.store(lane_m);
-  sum.store(lane_sum);
-  wx.store(lane_dot);
-  CeRow<T> rows[W];
+  const V lse = m + vlog(sum);
+
+  // Each lane's target: class index as a float (-1 if none), its weight, its upstream
+  // factor (0 for ignored rows, NaN for an out-of-range index: the row becomes NaN).
+  alignas(64) T lane_t[W], lane_w[W], lane_g[W], lane_value[W], lane_ignored[W];
   for (int i = 0; i < W; ++i) {
-    rows[i] = ce.row(r + i, dx);
-    RowSummary<T> s;
-    s.max = lane_m[i];
-    s.sum = lane_sum[i];
-    s.dot = lane_dot[i];
-    s.lse = s.max + scalar_log(s.sum);
-    if (ce.stats.argmax) s.argmax = argmax_of(x + i * xs, C);
-    ClassCoefficients<T> k;
-    lane_A[i] = ce.gradient_terms(rows[i], s, k);
-    lane_B[i] = k.b;
-    lane_lse[i] = s.lse;
-    ce.write_stats(r + i, rows[i], s);
+    const int64_t y = class_index(ce.target, r + i);
+    const int64_t t = usable_class(y, C, ce.opt.ignore_index);
+    lane_t[i] = static_cast<T>(t);
+    lane_w[i] = t >= 0 ? (has_w ? ce.w[t] : T(1)) : T(0);
+    lane_g[i] = t >= 0 ? grad_factor<T>(ce.stats, r + i) : (y == ce.opt.ignore_index ? T(0) : quiet_nan<T>());
+    lane_ignored[i] = y == ce.opt.ignore_index ? T(1) : T(0);
   }
+  const V t = V::load(lane_t), wt = V::load(lane_w), g = V::load(lane_g);
+  V x_t = V::set1(0);
+  for (int64_t c = 0; c < C; ++c) x_t = V::select_eq(t, V::set1(static_cast<T>(c)), xc[c], x_t);
+
+  if (ce.stats.loss) {
+    V loss = V::set1(1 - eps) * wt * (lse - x_t);
+    if (eps > 0) loss = V::fma(V::set1(eps * inv_c), V::fma(V::set1(ce.w_sum), lse, V::set1(0) - wx), loss);
+    loss.store(lane_value);
+    T* out = reinterpret_cast<T*>(ce.stats.loss) + r;
+    for (int i = 0; i < W; ++i)  // ignored rows 0, bad rows NaN (their g)
+      out[i] = lane_ignored[i] != T(0) ? T(0) : (is_nan(lane_g[i]) ? lane_g[i] : lane_value[i]);
+  }
+  if (ce.stats.lse) lse.store(reinterpret_cast<T*>(ce.stats.lse) + r);
+  if (ce.stats.argmax)
+    for (int i = 0; i < W; ++i) reinterpret_cast<int64_t*>(ce.stats.argmax)[r + i] = argmax_of(x + i * xs, C);
   if (!dx) return;
-  const V lse = V::load(lane_lse), A = V::load(lane_A), B = V::load(lane_B);
+
+  // d_c = g (p_c A - eps/C w_c) - g (1-eps) w_t [c == t], with p_c = e_c / sum.
+  const V a = g * V::fma(V::set1(1 - eps), wt, V::set1(eps * inv_c * ce.w_sum)) / sum;
+  const V b = g * V::set1(eps * inv_c);
+  const V one_hot = g * V::set1(1 - eps) * wt;
+  const V zero = V::set1(0), one = V::set1(1), ignored = V::load(lane_ignored);
   T* d = row_ptr<T>(*dx, r);
   for (int64_t c = 0; c < C; ++c) {
-    V sub = has_w ? B * V::set1(ce.w[c]) : B;
-    (vexp(V::gather(x + c, xs) - lse) * A - sub).scatter(d + c, dx->row_stride);
+    const V sub = has_w ? b * V::set1(ce.w[c]) : b;
+    const V hot = V::select_eq(t, V::set1(static_cast<T>(c)), one_hot, zero);
+    // Ignored rows get exactly 0, even where their logits are NaN.
+    V::select_eq(ignored, one, zero, e[c] * a - sub - hot).scatter(d + c, dx->row_stride);
   }
-  for (int i = 0; i < W; ++i) ce.subtract_one_hot(rows[i]);
 }
 
 template <class V, class T = typename V::T>
@@ -222,6 +246,11 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
   T chunk_max[kMaxChunks];
   for (int64_t r = r0; r < r1; ++r) {
     const CeRow<T> row = ce.row(r, &dx);
+    if (row.ignored() && (!stats.lse || stats.lse_is_input) && !stats.argmax) {  // loss 0, grad 0
+      fill(row.d, C, T(0));
+      ce.write_stats(r, row, RowSummary<T>{});
+      continue;
+    }
     with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
       constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
       RowSummary<T> s;
@@ -239,6 +268,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         const T A = ce.gradient_terms(row, s, k);
         finish_from_exps<V, HasQ, HasW>(row.d, C, chunk_max, s.lse, A, k);
       }
+      if (row.ignored()) fill(row.d, C, T(0));  // exactly 0, even where the logits are NaN
       ce.write_stats(r, row, s);
     });
     ce.subtract_one_hot(row);

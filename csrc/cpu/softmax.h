@@ -12,9 +12,70 @@
 namespace fusedce::cpu {
 namespace {
 
+// ---- Few classes (C <= kSmallSoftmax): one row per SIMD lane, as in cross_entropy.h -------
+constexpr int64_t kSmallSoftmax = 32;
+
+inline bool small_softmax(const Rows& a, const Rows& b, int width) {
+  const int64_t limit = (int64_t(1) << 30) / width;  // 32-bit gather offsets
+  return a.cols <= kSmallSoftmax && a.row_stride < limit && b.row_stride < limit;
+}
+
+template <class V, class T = typename V::T>
+void softmax_forward_block(const Rows& x, const Rows& y, bool log, int64_t r) {
+  const int64_t C = x.cols;
+  const T* xr = row_ptr<T>(x, r);
+  T* yr = row_ptr<T>(y, r);
+  V xc[kSmallSoftmax];
+  V m = V::set1(neg_inf<T>()), sum = V::set1(0);
+  for (int64_t c = 0; c < C; ++c) m = V::max(m, xc[c] = V::gather(xr + c, x.row_stride));
+  for (int64_t c = 0; c < C; ++c) {
+    const V e = vexp(xc[c] - m);
+    sum = sum + e;
+    if (!log) xc[c] = e;
+  }
+  if (log) {
+    const V lse = m + vlog(sum);
+    for (int64_t c = 0; c < C; ++c) (xc[c] - lse).scatter(yr + c, y.row_stride);
+  } else {
+    const V inv = V::set1(1) / sum;
+    for (int64_t c = 0; c < C; ++c) (xc[c] * inv).scatter(yr + c, y.row_stride);
+  }
+}
+
+template <class V, class T = typename V::T>
+void softmax_backward_block(const Rows& grad, const Rows& y, const Rows& dx, bool log, int64_t r) {
+  const int64_t C = y.cols;
+  const T* g = row_ptr<T>(grad, r);
+  const T* yr = row_ptr<T>(y, r);
+  T* d = row_ptr<T>(dx, r);
+  V gc[kSmallSoftmax], yc[kSmallSoftmax];
+  V acc = V::set1(0);
+  for (int64_t c = 0; c < C; ++c) {
+    gc[c] = V::gather(g + c, grad.row_stride);
+    yc[c] = V::gather(yr + c, y.row_stride);
+    acc = log ? acc + gc[c] : V::fma(gc[c], yc[c], acc);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const V v = log ? gc[c] - vexp(yc[c]) * acc : yc[c] * (gc[c] - acc);
+    v.scatter(d + c, dx.row_stride);
+  }
+}
+
+// Runs block<V> over full blocks of W rows and block<Scalar> over the rest.
+template <class V, class Block, class Tail>
+void by_blocks(int64_t r0, int64_t r1, Block&& block, Tail&& tail) {
+  int64_t r = r0;
+  for (; r + V::width <= r1; r += V::width) block(r);
+  for (; r < r1; ++r) tail(r);
+}
+
 template <class V, class T = typename V::T>
 void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, int64_t r1) {
+  using S = typename V::Scalar;
   constexpr int W = V::width;
+  if (small_softmax(x, y, W))
+    return by_blocks<V>(r0, r1, [&](int64_t r) { softmax_forward_block<V>(x, y, log, r); },
+                        [&](int64_t r) { softmax_forward_block<S>(x, y, log, r); });
   const int64_t C = x.cols;
   const ClassCoefficients<T> none{nullptr, nullptr, 0, 0};
   T chunk_max[kMaxChunks];
@@ -39,6 +100,9 @@ void softmax_backward_rows(const Rows& grad, const Rows& y, const Rows& dx, bool
                            int64_t r1) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
+  if (small_softmax(y, dx, W) && small_softmax(grad, y, W))
+    return by_blocks<V>(r0, r1, [&](int64_t r) { softmax_backward_block<V>(grad, y, dx, log, r); },
+                        [&](int64_t r) { softmax_backward_block<S>(grad, y, dx, log, r); });
   const int64_t C = y.cols;
   for (int64_t r = r0; r < r1; ++r) {
     const T* g = row_ptr<T>(grad, r);

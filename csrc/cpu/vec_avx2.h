@@ -11,6 +11,7 @@ namespace {
 struct V32 {
   using T = float;
   using Scalar = S32;
+  static constexpr bool ldexp_any_n = false;  // see vexp() in vmath.h
   static constexpr int width = 8;
   __m256 v;
 
@@ -34,6 +35,20 @@ struct V32 {
   friend V32 operator+(V32 a, V32 b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend V32 operator-(V32 a, V32 b) { return {_mm256_sub_ps(a.v, b.v)}; }
   friend V32 operator*(V32 a, V32 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  friend V32 operator/(V32 a, V32 b) { return {_mm256_div_ps(a.v, b.v)}; }
+  static V32 select_eq(V32 a, V32 b, V32 yes, V32 no) {
+    return {_mm256_blendv_ps(no.v, yes.v, _mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ))};
+  }
+  static V32 select_gt(V32 a, V32 b, V32 yes, V32 no) {
+    return {_mm256_blendv_ps(no.v, yes.v, _mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ))};
+  }
+  static V32 split_exponent(V32 x, V32& e) {
+    const __m256i bits = _mm256_castps_si256(x.v);
+    e.v = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+    const __m256i m = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)),
+                                      _mm256_set1_epi32(0x3f800000));
+    return {_mm256_castsi256_ps(m)};
+  }
   static V32 fma(V32 a, V32 b, V32 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
   static V32 max(V32 a, V32 b) { return {_mm256_max_ps(a.v, b.v)}; }
   static V32 min(V32 a, V32 b) { return {_mm256_min_ps(a.v, b.v)}; }
@@ -64,6 +79,7 @@ struct V32 {
 struct V64 {
   using T = double;
   using Scalar = S64;
+  static constexpr bool ldexp_any_n = false;  // see vexp() in vmath.h
   static constexpr int width = 4;
   __m256d v;
 
@@ -83,6 +99,24 @@ struct V64 {
   friend V64 operator+(V64 a, V64 b) { return {_mm256_add_pd(a.v, b.v)}; }
   friend V64 operator-(V64 a, V64 b) { return {_mm256_sub_pd(a.v, b.v)}; }
   friend V64 operator*(V64 a, V64 b) { return {_mm256_mul_pd(a.v, b.v)}; }
+  friend V64 operator/(V64 a, V64 b) { return {_mm256_div_pd(a.v, b.v)}; }
+  static V64 select_eq(V64 a, V64 b, V64 yes, V64 no) {
+    return {_mm256_blendv_pd(no.v, yes.v, _mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ))};
+  }
+  static V64 select_gt(V64 a, V64 b, V64 yes, V64 no) {
+    return {_mm256_blendv_pd(no.v, yes.v, _mm256_cmp_pd(a.v, b.v, _CMP_GT_OQ))};
+  }
+  static V64 split_exponent(V64 x, V64& e) {
+    const __m256i bits = _mm256_castpd_si256(x.v);
+    // No int64 -> double conversion in AVX2: put the biased exponent under 2^52's bits.
+    const __m256d two52 = _mm256_set1_pd(4503599627370496.0);
+    const __m256d biased = _mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_or_si256(_mm256_srli_epi64(bits, 52), _mm256_castpd_si256(two52))), two52);
+    e.v = _mm256_sub_pd(biased, _mm256_set1_pd(1023.0));
+    const __m256i m = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi64x(0x000fffffffffffffLL)),
+                                      _mm256_set1_epi64x(0x3ff0000000000000LL));
+    return {_mm256_castsi256_pd(m)};
+  }
   static V64 fma(V64 a, V64 b, V64 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
   static V64 max(V64 a, V64 b) { return {_mm256_max_pd(a.v, b.v)}; }
   static V64 min(V64 a, V64 b) { return {_mm256_min_pd(a.v, b.v)}; }

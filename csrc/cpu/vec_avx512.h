@@ -11,6 +11,7 @@ namespace {
 struct V32 {
   using T = float;
   using Scalar = S32;
+  static constexpr bool ldexp_any_n = true;  // see vexp() in vmath.h
   static constexpr int width = 16;
   __m512 v;
 
@@ -32,6 +33,17 @@ struct V32 {
   friend V32 operator+(V32 a, V32 b) { return {_mm512_add_ps(a.v, b.v)}; }
   friend V32 operator-(V32 a, V32 b) { return {_mm512_sub_ps(a.v, b.v)}; }
   friend V32 operator*(V32 a, V32 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend V32 operator/(V32 a, V32 b) { return {_mm512_div_ps(a.v, b.v)}; }
+  static V32 select_eq(V32 a, V32 b, V32 yes, V32 no) {
+    return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ), no.v, yes.v)};
+  }
+  static V32 select_gt(V32 a, V32 b, V32 yes, V32 no) {
+    return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ), no.v, yes.v)};
+  }
+  static V32 split_exponent(V32 x, V32& e) {
+    e.v = _mm512_getexp_ps(x.v);
+    return {_mm512_getmant_ps(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero)};
+  }
   static V32 fma(V32 a, V32 b, V32 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
   static V32 max(V32 a, V32 b) { return {_mm512_max_ps(a.v, b.v)}; }
   static V32 min(V32 a, V32 b) { return {_mm512_min_ps(a.v, b.v)}; }
@@ -49,6 +61,7 @@ struct V32 {
 struct V64 {
   using T = double;
   using Scalar = S64;
+  static constexpr bool ldexp_any_n = true;  // see vexp() in vmath.h
   static constexpr int width = 8;
   __m512d v;
 
@@ -69,6 +82,17 @@ struct V64 {
   friend V64 operator+(V64 a, V64 b) { return {_mm512_add_pd(a.v, b.v)}; }
   friend V64 operator-(V64 a, V64 b) { return {_mm512_sub_pd(a.v, b.v)}; }
   friend V64 operator*(V64 a, V64 b) { return {_mm512_mul_pd(a.v, b.v)}; }
+  friend V64 operator/(V64 a, V64 b) { return {_mm512_div_pd(a.v, b.v)}; }
+  static V64 select_eq(V64 a, V64 b, V64 yes, V64 no) {
+    return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ), no.v, yes.v)};
+  }
+  static V64 select_gt(V64 a, V64 b, V64 yes, V64 no) {
+    return {_mm512_mask_blend_pd(_mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ), no.v, yes.v)};
+  }
+  static V64 split_exponent(V64 x, V64& e) {
+    e.v = _mm512_getexp_pd(x.v);
+    return {_mm512_getmant_pd(x.v, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero)};
+  }
   static V64 fma(V64 a, V64 b, V64 c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
   static V64 max(V64 a, V64 b) { return {_mm512_max_pd(a.v, b.v)}; }
   static V64 min(V64 a, V64 b) { return {_mm512_min_pd(a.v, b.v)}; }

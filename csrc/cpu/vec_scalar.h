@@ -6,6 +6,7 @@ template <class T_, class Bits>
 struct ScalarVec {
   using T = T_;
   using Scalar = ScalarVec;
+  static constexpr bool ldexp_any_n = false;  // see vexp() in vmath.h
   static constexpr int width = 1;
   T v;
 
@@ -19,6 +20,7 @@ struct ScalarVec {
   friend ScalarVec operator+(ScalarVec a, ScalarVec b) { return {a.v + b.v}; }
   friend ScalarVec operator-(ScalarVec a, ScalarVec b) { return {a.v - b.v}; }
   friend ScalarVec operator*(ScalarVec a, ScalarVec b) { return {a.v * b.v}; }
+  friend ScalarVec operator/(ScalarVec a, ScalarVec b) { return {a.v / b.v}; }
   static ScalarVec fma(ScalarVec a, ScalarVec b, ScalarVec c) { return {a.v * b.v + c.v}; }
   // Like x86 max/min: when either operand is NaN the second one is returned.
   static ScalarVec max(ScalarVec a, ScalarVec b) { return {a.v > b.v ? a.v : b.v}; }
@@ -26,6 +28,27 @@ struct ScalarVec {
   // x < limit ? 0 : value  (false for NaN x, so NaN survives)
   static ScalarVec zero_if_less(ScalarVec x, ScalarVec limit, ScalarVec value) {
     return {x.v < limit.v ? T(0) : value.v};
+  }
+
+  // a == b ? yes : no, and a > b ? yes : no (false when either is NaN).
+  static ScalarVec select_eq(ScalarVec a, ScalarVec b, ScalarVec yes, ScalarVec no) {
+    return {a.v == b.v ? yes.v : no.v};
+  }
+  static ScalarVec select_gt(ScalarVec a, ScalarVec b, ScalarVec yes, ScalarVec no) {
+    return {a.v > b.v ? yes.v : no.v};
+  }
+  // For a positive normal x: its mantissa m in [1, 2), and e with x = m 2^e.
+  static ScalarVec split_exponent(ScalarVec x, ScalarVec& e) {
+    constexpr int mant = sizeof(T) == 4 ? 23 : 52;
+    constexpr Bits bias = sizeof(T) == 4 ? 127 : 1023;
+    constexpr Bits mant_mask = (Bits(1) << mant) - 1;
+    Bits bits;
+    std::memcpy(&bits, &x.v, sizeof(T));
+    e.v = static_cast<T>(static_cast<int64_t>(bits >> mant) - static_cast<int64_t>(bias));
+    bits = (bits & mant_mask) | (bias << mant);
+    T m;
+    std::memcpy(&m, &bits, sizeof(T));
+    return {m};
   }
 
   // Round to the nearest integer, ties to even, without a libm call: adding and removing

@@ -40,7 +40,17 @@ __all__ = [
 
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads (>= 1) for the CPU kernels. The default is every core this process
-    may use, or the environment variable FUSEDCE_NUM_THREADS."""
+    may use, or the environment variable FUSEDCE_NUM_THREADS. Raises TypeError for a
+    non-integer, ValueError for n < 1.
+
+    Examples
+    --------
+    >>> import fusedce
+    >>> before = fusedce.get_num_threads()
+    >>> fusedce.set_num_threads(1); fusedce.get_num_threads()
+    1
+    >>> fusedce.set_num_threads(before)
+    """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an integer, got {type(n).__name__}")
     if n < 1:
@@ -49,35 +59,80 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads the CPU kernels use."""
+    """The number of threads the CPU kernels use.
+
+    Examples
+    --------
+    >>> import fusedce
+    >>> fusedce.get_num_threads() >= 1
+    True
+    """
     return _core.num_threads()
 
 
 def simd_level() -> str:
-    """The instruction set of the CPU kernels in use: "avx512", "avx2" or "portable"."""
+    """The instruction set of the CPU kernels in use: "avx512", "avx2" or "portable".
+
+    Examples
+    --------
+    >>> import fusedce
+    >>> fusedce.simd_level() in fusedce.available_simd_levels()
+    True
+    """
     return _core.simd_level()
 
 
 def available_simd_levels() -> list:
-    """The instruction sets this CPU can run, best first (always ends with "portable")."""
+    """The instruction sets this CPU can run, best first (always ends with "portable").
+
+    Examples
+    --------
+    >>> import fusedce
+    >>> fusedce.available_simd_levels()[-1]
+    'portable'
+    """
     return list(_core.available_simd_levels())
 
 
 def set_simd_level(name: str) -> None:
     """Run the CPU kernels of another instruction set (tests, benchmarks). The environment
-    variable FUSEDCE_SIMD does the same at import."""
+    variable FUSEDCE_SIMD does the same at import. Raises ValueError for a level this CPU
+    cannot run.
+
+    Examples
+    --------
+    >>> import fusedce
+    >>> before = fusedce.simd_level()
+    >>> fusedce.set_simd_level("portable"); fusedce.simd_level()
+    'portable'
+    >>> fusedce.set_simd_level(before)
+    """
     if name not in available_simd_levels():
         raise ValueError(f"name must be one of {available_simd_levels()} on this CPU, got {name!r}")
     _core.set_simd_level(name)
 
 
 def cuda_available() -> bool:
-    """Whether the CUDA kernels were built and a GPU is visible."""
+    """Whether the CUDA kernels were built and a GPU is visible.
+
+    Examples
+    --------
+    >>> import fusedce
+    >>> isinstance(fusedce.cuda_available(), bool)
+    True
+    """
     return bool(_core.cuda_available())
 
 
 def show_config(print_it: bool = True) -> str:
-    """Version, SIMD level, threads and CUDA support, as text (printed unless asked not to)."""
+    """Version, SIMD level, threads and CUDA support, as text (printed unless asked not to).
+
+    Examples
+    --------
+    >>> import fusedce
+    >>> fusedce.show_config(print_it=False).startswith("fusedce ")
+    True
+    """
     lines = [
         f"fusedce {__version__}",
         f"  machine:      {_platform.machine()}, {_os.cpu_count()} logical CPUs",
