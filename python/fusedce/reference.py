@@ -1,0 +1,305 @@
+"""Plain NumPy reference for every fusedce function.
+
+This module is the definition the kernels are tested against. Every function has the same
+signature and semantics as its ``fusedce`` counterpart (see docs/api.md) but is written for
+clarity: the class axis is moved last, the math is done in float64 with the textbook
+formulas, and the result is cast to the dtype the API promises (loss and lse in float32 for
+float16/float32 input and float64 for float64 input; gradients and softmax outputs in the
+input dtype). Only NumPy arrays are handled and inputs are barely validated.
+
+PyTorch's formulas are followed, with the two documented differences: ``"mean"`` over a zero
+total weight returns 0.0 (with a zero gradient) instead of NaN, and ``label_smoothing`` must
+lie in [0, 1].
+"""
+
+import numpy as np
+
+__all__ = [
+    "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
+    "nll_loss", "nll_loss_backward", "cross_entropy", "cross_entropy_backward",
+    "cross_entropy_with_grad", "mse_loss", "mse_loss_backward",
+]
+
+_REDUCTIONS = ("none", "sum", "mean")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _loss_dtype(dtype):
+    """The compute dtype: float64 stays float64, everything else is float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def _last(a, axis):
+    """`a` as float64 with the class axis moved last."""
+    return np.moveaxis(np.asarray(a, dtype=np.float64), axis, -1)
+
+
+def _back(a, axis, dtype):
+    """Undo `_last`: class axis back to `axis`, cast to `dtype`."""
+    return np.ascontiguousarray(np.moveaxis(a, -1, axis)).astype(dtype, copy=False)
+
+
+def _store(result, out):
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def _max_and_log_sum(x):
+    """Per row (keepdims) of a float64 array with classes last: the max m and
+    log sum_c exp(x_c - m). m is the plain max except for a row of all -inf, where it is
+    0 so that the row's log-sum is -inf; NaN or +inf in a row make its log-sum NaN."""
+    if x.shape[-1] == 0:
+        return np.zeros(x.shape[:-1] + (1,)), np.full(x.shape[:-1] + (1,), -np.inf)
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(m == -np.inf, 0.0, m)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return m, np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+
+
+def _lse(x):
+    """Row-wise log-sum-exp (keepdims): m + log sum exp(x - m)."""
+    m, log_s = _max_and_log_sum(x)
+    return m + log_s
+
+
+def _log_softmax64(x):
+    """(x - m) - log sum exp(x - m): also exact where |x| is huge and x - lse would lose
+    the log-sum to rounding. A row of all -inf gives NaN, as in PyTorch."""
+    m, log_s = _max_and_log_sum(x)
+    with np.errstate(invalid="ignore"):
+        return (x - m) - log_s
+
+
+def _weights(weight, C):
+    return np.ones(C) if weight is None else np.asarray(weight, dtype=np.float64).reshape(C)
+
+
+def _is_index_target(target):
+    return np.issubdtype(np.asarray(target).dtype, np.integer)
+
+
+def _index_rows(target, ignore_index, C):
+    """(class index usable for gathering, mask of non-ignored rows) for an index target."""
+    t = np.asarray(target).astype(np.int64)
+    keep = t != ignore_index
+    return np.where(keep, t, 0).clip(0, max(C - 1, 0)), keep
+
+
+def _reduce(per_row, reduction, denom, dtype):
+    """Apply a reduction to float64 per-row losses; mean divides by `denom` (0 -> 0.0)."""
+    if reduction == "none":
+        return per_row.astype(dtype)
+    total = np.sum(per_row)
+    if reduction == "mean":
+        total = total / denom if denom != 0 else 0.0
+    return np.asarray(total, dtype=dtype)
+
+
+def _row_factor(grad_loss, reduction, denom, row_shape):
+    """d(reduced loss)/d(row loss) times the upstream gradient, as a float64 per-row array."""
+    g = np.asarray(grad_loss, dtype=np.float64)
+    if reduction == "none":
+        return np.broadcast_to(g, row_shape)
+    if reduction == "mean":
+        g = g / denom if denom != 0 else g * 0.0
+    return np.broadcast_to(g, row_shape)
+
+
+def _check_reduction(reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+# ----------------------------------------------------------------------------- softmax
+
+
+def softmax(x, axis=-1, *, out=None):
+    x = np.asarray(x)
+    with np.errstate(invalid="ignore"):
+        y = np.exp(_log_softmax64(_last(x, axis)))
+    return _store(_back(y, axis, x.dtype), out)
+
+
+def log_softmax(x, axis=-1, *, out=None):
+    x = np.asarray(x)
+    return _store(_back(_log_softmax64(_last(x, axis)), axis, x.dtype), out)
+
+
+def softmax_backward(grad, y, axis=-1, *, out=None):
+    """dx_c = y_c (g_c - sum_k g_k y_k), with y = softmax(x)."""
+    y = np.asarray(y)
+    g, p = _last(grad, axis), _last(y, axis)
+    dx = p * (g - np.sum(g * p, axis=-1, keepdims=True))
+    return _store(_back(dx, axis, y.dtype), out)
+
+
+def log_softmax_backward(grad, y, axis=-1, *, out=None):
+    """dx_c = g_c - exp(y_c) sum_k g_k, with y = log_softmax(x)."""
+    y = np.asarray(y)
+    g, ly = _last(grad, axis), _last(y, axis)
+    dx = g - np.exp(ly) * np.sum(g, axis=-1, keepdims=True)
+    return _store(_back(dx, axis, y.dtype), out)
+
+
+# ----------------------------------------------------------------------------- nll
+
+
+def _nll_parts(logp, target, weight, ignore_index, axis):
+    lp = _last(logp, axis)
+    C = lp.shape[-1]
+    w = _weights(weight, C)
+    t, keep = _index_rows(target, ignore_index, C)
+    w_t = np.where(keep, w[t], 0.0)
+    return lp, t, w_t
+
+
+def nll_loss(logp, target, *, weight=None, ignore_index=-100, reduction="mean", axis=-1):
+    """loss = -w_t logp_t per row; mean divides by sum of w_t over non-ignored rows."""
+    _check_reduction(reduction)
+    lp, t, w_t = _nll_parts(logp, target, weight, ignore_index, axis)
+    picked = np.take_along_axis(lp, t[..., None], axis=-1)[..., 0] if lp.shape[-1] else 0 * w_t
+    per_row = np.where(w_t != 0, -w_t * picked, 0.0)
+    return _reduce(per_row, reduction, np.sum(w_t), _loss_dtype(np.asarray(logp).dtype))
+
+
+def nll_loss_backward(grad_loss, logp, target, *, weight=None, ignore_index=-100,
+                      reduction="mean", axis=-1, out=None):
+    """d loss / d logp_c = -w_t [c == t] times the row's upstream factor."""
+    _check_reduction(reduction)
+    logp = np.asarray(logp)
+    lp, t, w_t = _nll_parts(logp, target, weight, ignore_index, axis)
+    g = _row_factor(grad_loss, reduction, np.sum(w_t), w_t.shape)
+    dx = np.zeros_like(lp)
+    if lp.shape[-1]:
+        np.put_along_axis(dx, t[..., None], (-w_t * g)[..., None], axis=-1)
+    return _store(_back(dx, axis, logp.dtype), out)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+
+def _ce_parts(logits, target, weight, ignore_index, label_smoothing, axis):
+    """Everything both directions need, in float64 with classes last.
+
+    Returns (x, logp, coeff, scale, denom): per row, the loss is -sum_c coeff_c logp_c,
+    the gradient p_c * scale - coeff_c with p = exp(logp), and `denom` is what "mean"
+    divides by. coeff is the (smoothed, weighted) target distribution:
+      index target t:    coeff_c = (1-eps) w_t [c==t] + eps/C w_c   (0 for ignored rows)
+      probability q:     coeff_c = w_c ((1-eps) q_c + eps/C)
+    and scale = sum_c coeff_c.
+    """
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    x = _last(logits, axis)
+    C = x.shape[-1]
+    eps = float(label_smoothing)
+    w = _weights(weight, C)
+    if _is_index_target(target):
+        t, keep = _index_rows(target, ignore_index, C)
+        w_t = np.where(keep, w[t], 0.0)
+        coeff = np.zeros_like(x)
+        if C:
+            np.put_along_axis(coeff, t[..., None], ((1 - eps) * w_t)[..., None], axis=-1)
+        if eps:
+            coeff += np.where(keep[..., None], eps / C * w, 0.0)
+        denom = np.sum(w_t)
+    else:
+        q = _last(target, axis)
+        coeff = w * ((1 - eps) * q + eps / C) if C else q
+        denom = q.size // C if C else 0
+    return x, _log_softmax64(x), coeff, np.sum(coeff, axis=-1), denom
+
+
+def _ce_loss_rows(logp, coeff):
+    # Classes with coeff 0 are skipped (0 * inf counts as 0), so a masked (-inf) class that
+    # the target does not touch leaves the loss finite. This is what PyTorch gives for index
+    # targets without smoothing; for a probability target with q_c = 0 on a -inf logit
+    # PyTorch computes 0 * -inf = NaN instead, a case the tests leave alone.
+    with np.errstate(invalid="ignore"):
+        return np.sum(np.where(coeff != 0, -coeff * logp, 0.0), axis=-1)
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, axis=-1, return_lse=False, return_argmax=False):
+    """Softmax cross-entropy (PyTorch's formula); optionally also per-row lse and argmax."""
+    _check_reduction(reduction)
+    logits = np.asarray(logits)
+    dtype = _loss_dtype(logits.dtype)
+    x, logp, coeff, _, denom = _ce_parts(logits, target, weight, ignore_index,
+                                         label_smoothing, axis)
+    loss = _reduce(_ce_loss_rows(logp, coeff), reduction, denom, dtype)
+    extra = []
+    if return_lse:
+        extra.append(_lse(x)[..., 0].astype(dtype))
+    if return_argmax:
+        extra.append(np.argmax(x, axis=-1).astype(np.int64) if x.shape[-1]
+                     else np.zeros(x.shape[:-1], np.int64))
+    return (loss, *extra) if extra else loss
+
+
+def cross_entropy_backward(grad_loss, logits, target, *, weight=None, ignore_index=-100,
+                           reduction="mean", label_smoothing=0.0, axis=-1, lse=None,
+                           out=None):
+    """d loss / d x_c = (p_c sum_k coeff_k - coeff_c) times the row's upstream factor.
+
+    `lse` (if given) is used as the row log-sum-exp instead of recomputing it:
+    p = exp(x - lse).
+    """
+    _check_reduction(reduction)
+    logits = np.asarray(logits)
+    x, logp, coeff, scale, denom = _ce_parts(logits, target, weight, ignore_index,
+                                             label_smoothing, axis)
+    if lse is not None:
+        with np.errstate(invalid="ignore"):
+            logp = x - np.asarray(lse, dtype=np.float64)[..., None]
+    g = _row_factor(grad_loss, reduction, denom, scale.shape)
+    with np.errstate(invalid="ignore"):
+        dx = (np.exp(logp) * scale[..., None] - coeff) * g[..., None]
+    # Ignored rows (and every row when "mean" divides by a zero total weight) get an exact
+    # zero gradient, even where their logits are NaN or all -inf (PyTorch gives NaN there).
+    if _is_index_target(target):
+        dx[~_index_rows(target, ignore_index, x.shape[-1])[1]] = 0.0
+    if reduction == "mean" and denom == 0:
+        dx[...] = 0.0
+    return _store(_back(dx, axis, logits.dtype), out)
+
+
+def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
+                            reduction="mean", label_smoothing=0.0, axis=-1, grad_loss=1.0,
+                            out=None, inplace=False, return_lse=False, return_argmax=False):
+    """(loss, d logits) [+ lse, argmax]: cross_entropy and cross_entropy_backward together."""
+    opts = dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
+                label_smoothing=label_smoothing, axis=axis)
+    fwd = cross_entropy(logits, target, return_lse=return_lse, return_argmax=return_argmax,
+                        **opts)
+    grad = cross_entropy_backward(grad_loss, logits, target, **opts)
+    if inplace:
+        out = logits
+    grad = _store(grad, out)
+    if isinstance(fwd, tuple):
+        return (fwd[0], grad, *fwd[1:])
+    return fwd, grad
+
+
+# ----------------------------------------------------------------------------- mse
+
+
+def mse_loss(pred, target, *, reduction="mean"):
+    """(pred - target)^2 per element; mean divides by the number of elements (0 -> 0.0)."""
+    _check_reduction(reduction)
+    pred = np.asarray(pred)
+    sq = (np.asarray(pred, np.float64) - np.asarray(target, np.float64)) ** 2
+    return _reduce(sq, reduction, sq.size, _loss_dtype(pred.dtype))
+
+
+def mse_loss_backward(grad_loss, pred, target, *, reduction="mean", out=None):
+    """d loss / d pred = 2 (pred - target) times the upstream factor."""
+    _check_reduction(reduction)
+    pred = np.asarray(pred)
+    diff = np.asarray(pred, np.float64) - np.asarray(target, np.float64)
+    g = _row_factor(grad_loss, reduction, diff.size, diff.shape)
+    return _store((2.0 * diff * g).astype(pred.dtype), out)

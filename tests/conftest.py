@@ -1,0 +1,93 @@
+"""Shared fixtures: the device each parity test runs on, SIMD levels, hypothesis profiles.
+
+Helpers `to_device(a, device)` and `to_numpy(a)` move NumPy arrays to the device under test
+and back (CuPy for "cuda"); tests import them with `from conftest import ...`.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is a test extra; tests that need it importorskip it
+    settings = None
+
+try:
+    import fusedce
+except ImportError:  # the compiled package is not built: only reference tests can run
+    fusedce = None
+
+if settings is not None:
+    _common = dict(deadline=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                          HealthCheck.function_scoped_fixture])
+    settings.register_profile("ci", max_examples=40, **_common)
+    settings.register_profile("dev", max_examples=400, **_common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _cupy():
+    """cupy when fusedce can run CUDA kernels and cupy imports, else None."""
+    if fusedce is None:
+        return None
+    try:
+        if not fusedce.cuda_available():
+            return None
+        import cupy
+    except Exception:
+        return None
+    return cupy
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    if request.param == "cuda" and _cupy() is None:
+        pytest.skip("CUDA not available (fusedce.cuda_available() is False or no cupy)")
+    if fusedce is None:
+        pytest.skip("fusedce is not built")
+    return request.param
+
+
+def to_device(a, device):
+    """A NumPy array (or None / Python scalar) on `device`; "cpu" returns it unchanged."""
+    if device == "cpu" or a is None or not isinstance(a, np.ndarray):
+        return a
+    cupy = _cupy()
+    # keep the memory order of `a` (Fortran arrays stay Fortran); cupy.asarray copies
+    return cupy.asarray(a, order="A")
+
+
+def to_numpy(a):
+    """A result back on the host as a NumPy array (tuples element-wise)."""
+    if isinstance(a, tuple):
+        return tuple(to_numpy(b) for b in a)
+    if isinstance(a, np.ndarray) or a is None:
+        return a
+    if hasattr(a, "__cuda_array_interface__"):
+        import cupy
+        return cupy.asnumpy(a)
+    return np.asarray(a)
+
+
+def _simd_levels():
+    if fusedce is None:
+        return []
+    try:
+        return list(fusedce.available_simd_levels())
+    except Exception:
+        return []
+
+
+@pytest.fixture(params=_simd_levels() or ["unavailable"])
+def simd_level(request):
+    """Runs the test with fusedce.set_simd_level(level), restoring the previous level."""
+    if fusedce is None or request.param == "unavailable":
+        pytest.skip("fusedce is not built")
+    previous = fusedce.simd_level()
+    fusedce.set_simd_level(request.param)
+    try:
+        yield request.param
+    finally:
+        fusedce.set_simd_level(previous)
