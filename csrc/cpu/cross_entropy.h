@@ -244,6 +244,10 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
   const CeContext<T> ce(logits, target, opt, stats);
   const int64_t C = logits.cols;
   T chunk_max[kMaxChunks];
+  // exp(x - running max) goes to a scratch row that stays in cache, so the gradient can be
+  // written once, streamed; without scratch memory, to the gradient row itself.
+  T* scratch = static_cast<T*>(thread_scratch(static_cast<std::size_t>(C) * sizeof(T)));
+  const bool stream = scratch && stream_output<T>(dx);
   for (int64_t r = r0; r < r1; ++r) {
     const CeRow<T> row = ce.row(r, &dx);
     if (row.ignored() && (!stats.lse || stats.lse_is_input) && !stats.argmax) {  // loss 0, grad 0
@@ -263,16 +267,19 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         const T A = ce.gradient_terms(row, s, k);
         gradient_from_lse<V, HasQ, HasW>(row.x, row.d, C, s.lse, A, k);
       } else {
-        if (row.dot) s = summarise_row<V, true, true, HasQ, HasW>(row.x, C, row.k, row.d, chunk_max);
-        else s = summarise_row<V, true, false, HasQ, HasW>(row.x, C, row.k, row.d, chunk_max);
+        T* e = scratch ? scratch : row.d;
+        if (row.dot) s = summarise_row<V, true, true, HasQ, HasW>(row.x, C, row.k, e, chunk_max);
+        else s = summarise_row<V, true, false, HasQ, HasW>(row.x, C, row.k, e, chunk_max);
         const T A = ce.gradient_terms(row, s, k);
-        finish_from_exps<V, HasQ, HasW>(row.d, C, chunk_max, s.lse, A, k);
+        if (stream) finish_from_exps<V, HasQ, HasW, true>(row.d, e, C, chunk_max, s.lse, A, k);
+        else finish_from_exps<V, HasQ, HasW, false>(row.d, e, C, chunk_max, s.lse, A, k);
       }
       if (row.ignored()) fill(row.d, C, T(0));  // exactly 0, even where the logits are NaN
       ce.write_stats(r, row, s);
     });
     ce.subtract_one_hot(row);
   }
+  V::fence();  // order the streaming stores before the caller sees the result
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "core/types.h"
+#include "cpu/thread_pool.h"
 #include "cpu/vmath.h"
 
 namespace fusedce::cpu {
@@ -185,15 +186,18 @@ void weighted_sums(const T* x, int64_t n, const ClassCoefficients<T>& k, T& dot,
   constexpr int W = V::width;
   V d = V::set1(0), u = V::set1(0);
   int64_t i = 0;
+  // A class whose coefficient is 0 adds 0, also where x is -inf (a masked class with no
+  // target mass), instead of 0 * -inf = NaN.
+  const V zero = V::set1(0);
   for (; i + W <= n; i += W) {
     V c = coefficient<V, HasQ, HasW>(k, i);
-    d = V::fma(c, V::load(x + i), d);
+    d = d + V::select_eq(c, zero, zero, c * V::load(x + i));
     u = u + c;
   }
   T ds = d.hsum(), us = u.hsum();
   for (; i < n; ++i) {
     T c = coefficient<S, HasQ, HasW>(k, i).v;
-    ds += c * x[i];
+    ds += c == T(0) ? T(0) : c * x[i];
     us += c;
   }
   dot += ds;
@@ -244,10 +248,21 @@ RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>
   return s;
 }
 
-// The second sweep after a Store sweep: d holds exp(x - chunk max); turn it into
-//   d_c = scale * exp(x_c - lse) - (alpha q_c + beta) w_c.
-template <class V, bool HasQ, bool HasW, class T = typename V::T>
-void finish_from_exps(T* d, int64_t cols, const T* chunk_max, T lse, T scale,
+// Outputs larger than this are written with streaming (non-temporal) stores: they will not
+// be read again soon, and a streaming store skips reading each line before writing it, which
+// would otherwise add a third of a copy's memory traffic.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+
+template <class T>
+inline bool stream_output(const Rows& out) {
+  return out.rows * out.cols * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+}
+
+// The second sweep after a Store sweep: e holds exp(x - chunk max) (in the thread's scratch
+// row, still in cache); write d_c = scale * exp(x_c - lse) - (alpha q_c + beta) w_c, with
+// streaming stores when Stream (d need not be aligned: the unaligned head goes one by one).
+template <class V, bool HasQ, bool HasW, bool Stream, class T = typename V::T>
+void finish_from_exps(T* d, const T* e, int64_t cols, const T* chunk_max, T lse, T scale,
                       const ClassCoefficients<T>& k) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
@@ -257,9 +272,15 @@ void finish_from_exps(T* d, int64_t cols, const T* chunk_max, T lse, T scale,
     const T s = scale * scalar_exp(chunk_max[chunk] - lse);
     const V vs = V::set1(s);
     int64_t i = c0;
-    for (; i + W <= end; i += W)
-      (V::load(d + i) * vs - coefficient<V, HasQ, HasW>(k, i)).store(d + i);
-    for (; i < end; ++i) d[i] = d[i] * s - coefficient<S, HasQ, HasW>(k, i).v;
+    if constexpr (Stream)
+      for (; i < end && reinterpret_cast<std::uintptr_t>(d + i) % sizeof(V) != 0; ++i)
+        d[i] = e[i] * s - coefficient<S, HasQ, HasW>(k, i).v;
+    for (; i + W <= end; i += W) {
+      const V v = V::load(e + i) * vs - coefficient<V, HasQ, HasW>(k, i);
+      if constexpr (Stream) v.stream(d + i);
+      else v.store(d + i);
+    }
+    for (; i < end; ++i) d[i] = e[i] * s - coefficient<S, HasQ, HasW>(k, i).v;
   }
 }
 

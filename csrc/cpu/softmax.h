@@ -79,12 +79,16 @@ void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, in
   const int64_t C = x.cols;
   const ClassCoefficients<T> none{nullptr, nullptr, 0, 0};
   T chunk_max[kMaxChunks];
+  T* scratch = log ? nullptr : static_cast<T*>(thread_scratch(static_cast<std::size_t>(C) * sizeof(T)));
+  const bool stream = scratch && stream_output<T>(y);
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = row_ptr<T>(x, r);
     T* yr = row_ptr<T>(y, r);
     if (!log) {
-      const auto s = summarise_row<V, true, false, false, false>(xr, C, none, yr, chunk_max);
-      finish_from_exps<V, false, false>(yr, C, chunk_max, s.lse, T(1), none);
+      T* e = scratch ? scratch : yr;
+      const auto s = summarise_row<V, true, false, false, false>(xr, C, none, e, chunk_max);
+      if (stream) finish_from_exps<V, false, false, true>(yr, e, C, chunk_max, s.lse, T(1), none);
+      else finish_from_exps<V, false, false, false>(yr, e, C, chunk_max, s.lse, T(1), none);
       continue;
     }
     const auto s = summarise_row<V, false, false, false, false>(xr, C, none, nullptr, nullptr);
@@ -93,6 +97,7 @@ void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, in
     for (; c + W <= C; c += W) (V::load(xr + c) - lse).store(yr + c);
     for (; c < C; ++c) yr[c] = xr[c] - s.lse;
   }
+  V::fence();
 }
 
 template <class V, class T = typename V::T>

@@ -99,6 +99,22 @@ std::shared_ptr<ThreadPool> the_pool() {
 
 }  // namespace
 
+void* thread_scratch(std::size_t bytes) {
+  struct Scratch {
+    void* data = nullptr;
+    std::size_t size = 0;
+    ~Scratch() { std::free(data); }
+  };
+  thread_local Scratch scratch;
+  if (bytes > scratch.size) {
+    std::free(scratch.data);
+    const std::size_t size = (bytes + 63) / 64 * 64;
+    scratch.data = std::aligned_alloc(64, size);
+    scratch.size = scratch.data ? size : 0;
+  }
+  return scratch.data;
+}
+
 int default_num_threads() {
   if (const char* env = std::getenv("FUSEDCE_NUM_THREADS")) {
     const int n = std::atoi(env);

@@ -17,6 +17,8 @@ struct V32 {
 
   static V32 load(const float* p) { return {_mm256_loadu_ps(p)}; }
   void store(float* p) const { _mm256_storeu_ps(p, v); }
+  void stream(float* p) const { _mm256_stream_ps(p, v); }
+  static void fence() { _mm_sfence(); }
   static V32 set1(float x) { return {_mm256_set1_ps(x)}; }
   // The caller guarantees 7 * stride fits in int32 (see the small-class path).
   static __m256i lane_offsets(int64_t stride) {
@@ -85,6 +87,8 @@ struct V64 {
 
   static V64 load(const double* p) { return {_mm256_loadu_pd(p)}; }
   void store(double* p) const { _mm256_storeu_pd(p, v); }
+  void stream(double* p) const { _mm256_stream_pd(p, v); }
+  static void fence() { _mm_sfence(); }
   static V64 set1(double x) { return {_mm256_set1_pd(x)}; }
   static V64 gather(const double* base, int64_t stride) {
     __m128i idx = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(static_cast<int>(stride)));

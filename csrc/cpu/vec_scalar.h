@@ -12,6 +12,10 @@ struct ScalarVec {
 
   static ScalarVec load(const T* p) { return {*p}; }
   void store(T* p) const { *p = v; }
+  // A store that bypasses the caches (see finish_from_exps); plain here. `p` must be aligned
+  // to the vector's size for the SIMD versions.
+  void stream(T* p) const { *p = v; }
+  static void fence() {}
   static ScalarVec set1(T x) { return {x}; }
   // Lane i reads base[i * stride]; with one lane, just base[0].
   static ScalarVec gather(const T* base, int64_t) { return {*base}; }

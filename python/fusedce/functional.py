@@ -128,7 +128,10 @@ class _Target:
             raise TypeError(f"target must hold {what}, got dtype {t.dtype}")
         checks.same_shape(t, inp.row_shape, "target", "the logits' shape without the class axis")
         flat = xp.ascontiguousarray(t.reshape(-1))
-        if validate and flat.size:
+        # Two reductions decide the common case (every index valid, none ignored) cheaply.
+        lo, hi = (int(flat.min()), int(flat.max())) if flat.size else (0, -1)
+        self.none_ignored = not (lo <= ignore_index <= hi)
+        if validate and (lo < 0 or hi >= inp.c):
             bad = (flat != ignore_index) & ((flat < 0) | (flat >= inp.c))
             if bool(bad.any()):
                 first = int(flat[int(xp.argmax(bad))])
@@ -175,7 +178,7 @@ def _denominator(reduction, target: _Target, weight, inp: _Input):
     """What "mean" divides by: the weight of the counted rows (their number for probabilities)."""
     if reduction != "mean":
         return None
-    if target.probs is not None:
+    if target.probs is not None or (weight is None and target.none_ignored):
         return inp.xp.asarray(float(inp.n), dtype=np.float64)
     return target.row_weights(weight, inp).sum(dtype=np.float64)
 

@@ -1,0 +1,214 @@
+"""GPU benchmark for fusedce (issue 4): fused cross-entropy forward+backward against the memory
+floor (a device-to-device copy of the same bytes, measured in the same run) and against
+PyTorch eager, torch.compile and Liger-Kernel.
+
+    python3 bench/gpu.py --out bench/results/gpu.md [--repeats 20] [--quick]
+
+Times are CUDA-event medians over `repeats` calls after warm-up, on the current stream.
+Bytes counted are the minimum: fwd+bwd and softmax read the logits once and write once;
+the loss-only forward reads once. "x copy" is the time over a copy of the logits (read +
+write), "x read" the time over one streaming read (torch.sum of the logits). Extra memory is
+torch.cuda.max_memory_allocated() during one call minus what was allocated before it, less
+the outputs the call must produce (loss vector, gradient when not in-place).
+"""
+import argparse
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(8192, 32000), (8192, 128256), (4096, 262144), (16384, 1000), (65536, 10)]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def cuda_time(fn, repeats, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        a = torch.cuda.Event(enable_timing=True)
+        b = torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def extra_memory(fn, produced_bytes=0):
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    keep = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del keep
+    return max(0, peak - before - produced_bytes)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/results/gpu.md")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="first two shapes only")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    args = ap.parse_args()
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to measure")
+        return 0
+    import fusedce
+
+    lines = []
+
+    def say(s=""):
+        print(s, flush=True)
+        lines.append(s)
+
+    dev = torch.cuda.get_device_name()
+    say(f"# fusedce GPU benchmark on {dev}")
+    say()
+    say(f"torch {torch.__version__}, fusedce {getattr(fusedce, '__version__', '?')}, repeats {args.repeats}")
+    try:
+        say("fusedce: " + " ".join(str(fusedce.show_config()).split()))
+    except Exception as e:  # noqa: BLE001
+        say(f"fusedce.show_config failed: {e}")
+    liger = None
+    try:
+        from liger_kernel.transformers.cross_entropy import LigerCrossEntropyLoss
+
+        liger = LigerCrossEntropyLoss()
+        say("Liger-Kernel: imported (LigerCrossEntropyLoss, computes the gradient in place)")
+    except Exception as e:  # noqa: BLE001
+        say(f"Liger-Kernel: NOT importable ({type(e).__name__}: {e}); its rows are left out")
+    compiled = None
+    if not args.no_compile:
+        try:
+            def step(x, t):
+                loss = F.cross_entropy(x, t)
+                (g,) = torch.autograd.grad(loss, x)
+                return loss, g
+
+            compiled = torch.compile(step)
+        except Exception as e:  # noqa: BLE001
+            say(f"torch.compile: unavailable ({e})")
+    say()
+    say("| logits | dtype | implementation | ms | GB/s | x copy | x read | extra MiB |")
+    say("|---|---|---|---:|---:|---:|---:|---:|")
+    summary = []
+
+    shapes = SHAPES[:2] if args.quick else SHAPES
+    for (n, c) in shapes:
+        for dname, dt in DTYPES.items():
+            torch.manual_seed(0)
+            try:
+                x = torch.randn(n, c, device="cuda", dtype=dt)
+            except torch.OutOfMemoryError:
+                say(f"| {n} x {c} | {dname} | (out of memory) | | | | | |")
+                continue
+            t = torch.randint(0, c, (n,), device="cuda", dtype=torch.int64)
+            nbytes = x.numel() * x.element_size()
+            y = torch.empty_like(x)
+            t_copy = cuda_time(lambda: y.copy_(x), args.repeats)
+            t_read = cuda_time(lambda: torch.sum(x, dtype=torch.float32), args.repeats)
+            loss_bytes = n * 4
+
+            def row(name, ms, moved, extra, show_read=False):
+                gbs = moved / (ms * 1e-3) / 1e9
+                r = f"{ms / t_read:.2f}" if show_read else ""
+                say(f"| {n} x {c} | {dname} | {name} | {ms:.3f} | {gbs:.0f} | {ms / t_copy:.2f} | {r} | {extra / 2**20:.1f} |")
+
+            row("device copy (floor)", t_copy, 2 * nbytes, 0)
+            row("torch.sum (read floor)", t_read, nbytes, 0, show_read=True)
+            res = {}
+
+            # fusedce, separate gradient buffer
+            g = torch.empty_like(x)
+            try:
+                f = lambda: fusedce.cross_entropy_with_grad(x, t, out=g)  # noqa: E731
+                res["fused"] = cuda_time(f, args.repeats)
+                row("fusedce ce fwd+bwd (out=)", res["fused"], 2 * nbytes, extra_memory(f, loss_bytes))
+                xi = x.clone()
+                fi = lambda: fusedce.cross_entropy_with_grad(xi, t, inplace=True)  # noqa: E731
+                res["fused_inplace"] = cuda_time(fi, args.repeats)
+                row("fusedce ce fwd+bwd (inplace)", res["fused_inplace"], 2 * nbytes, extra_memory(fi, loss_bytes))
+                del xi
+                ff = lambda: fusedce.cross_entropy(x, t, reduction="none")  # noqa: E731
+                ms = cuda_time(ff, args.repeats)
+                row("fusedce ce forward (loss only)", ms, nbytes, extra_memory(ff, loss_bytes), show_read=True)
+                for name, fn in (("softmax", fusedce.softmax), ("log_softmax", fusedce.log_softmax)):
+                    fs = lambda fn=fn: fn(x, out=y)  # noqa: E731
+                    ms = cuda_time(fs, args.repeats)
+                    row(f"fusedce {name} forward", ms, 2 * nbytes, extra_memory(fs))
+            except Exception as e:  # noqa: BLE001
+                say(f"| {n} x {c} | {dname} | fusedce FAILED: {type(e).__name__}: {str(e)[:80]} | | | | | |")
+            del g
+
+            # PyTorch eager (the gradient is freshly allocated each step, as in training)
+            xr = x.detach().clone().requires_grad_(True)
+
+            def eager():
+                xr.grad = None
+                loss = F.cross_entropy(xr, t)
+                loss.backward()
+                return xr.grad
+
+            try:
+                res["eager"] = cuda_time(eager, args.repeats)
+                row("torch eager F.cross_entropy fwd+bwd", res["eager"], 2 * nbytes, extra_memory(eager, nbytes))
+            except torch.OutOfMemoryError:
+                say(f"| {n} x {c} | {dname} | torch eager: out of memory | | | | | |")
+            xr.grad = None
+            torch.cuda.empty_cache()
+
+            if compiled is not None:
+                try:
+                    fc = lambda: compiled(xr, t)  # noqa: E731
+                    res["compile"] = cuda_time(fc, args.repeats, warmup=2)
+                    row("torch.compile fwd+bwd", res["compile"], 2 * nbytes, extra_memory(fc, nbytes))
+                except Exception as e:  # noqa: BLE001
+                    say(f"| {n} x {c} | {dname} | torch.compile FAILED: {type(e).__name__} | | | | | |")
+                torch.cuda.empty_cache()
+            del xr
+
+            if liger is not None:
+                xl = x.detach().clone().requires_grad_(True)
+
+                def lig():
+                    xl.grad = None
+                    loss = liger(xl, t)
+                    loss.backward()
+                    return xl.grad
+
+                try:
+                    res["liger"] = cuda_time(lig, args.repeats)
+                    row("Liger-Kernel CE fwd+bwd", res["liger"], 2 * nbytes, extra_memory(lig))
+                except Exception as e:  # noqa: BLE001
+                    say(f"| {n} x {c} | {dname} | Liger FAILED: {type(e).__name__}: {str(e)[:60]} | | | | | |")
+                del xl
+            if "fused" in res:
+                comp = ", ".join(f"{k} {v / res['fused']:.2f}x" for k, v in res.items() if k not in ("fused",))
+                summary.append(f"- {n} x {c} {dname}: fusedce fwd+bwd {res['fused'] / t_copy:.2f}x copy; "
+                               f"others / fusedce: {comp}")
+            del x, y, t
+            torch.cuda.empty_cache()
+
+    say()
+    say("Speed-ups (competitor time / fusedce out= time; inplace listed as fused_inplace):")
+    say()
+    for s in summary:
+        say(s)
+    import os
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,586 @@
+// Cross-entropy on the GPU: forward (loss, lse, argmax) and the fused forward+backward, plus
+// the softmax / log_softmax forward, which is the same row kernel writing p or log p instead
+// of the gradient.
+//
+// Per row (x = logits, C classes, w = class weights or 1, eps = label smoothing, g = the row's
+// upstream factor RowStats::grad, m = max_c x_c, s = sum_c exp(x_c - m), lse = m + log s):
+//
+//   class index t:
+//     loss   = (1-eps) w_t (log s - (x_t - m)) + eps/C (B log s - sum_c w_c (x_c - m)),
+//              B = sum_c w_c                      [= (1-eps) w_t (lse - x_t) + eps/C sum_c w_c (lse - x_c)]
+//     dx_c   = g ( p_c [(1-eps) w_t + eps/C B] - (1-eps) w_t [c==t] - eps/C w_c ),  p_c = exp(x_c - m) / s
+//   probabilities q (q'_c = (1-eps) q_c + eps/C, terms with w_c q'_c == 0 are skipped, so a
+//   masked -inf class with zero target mass adds 0, not NaN):
+//     loss   = S log s - sum_c w_c q'_c (x_c - m),   S = sum_c w_c q'_c
+//     dx_c   = g ( p_c S - w_c q'_c )
+//   softmax  y_c = exp(x_c - m) / s         log_softmax  y_c = (x_c - m) - log s
+//
+// All sums are taken relative to the row max m, so the loss is not the difference of two
+// large numbers. The gradient is formed in the compute type (float for half types) and
+// rounded once: p_t - 1 is never rounded to bf16 before the subtraction.
+//
+// Rows with t == ignore_index: loss 0, gradient 0 (lse and argmax are still written).
+// Rows with t outside [0, C) (and not ignore_index): nothing is read at t; the loss is NaN
+// and the gradient row is NaN. The Python layer can check targets first (one sync) and raise
+// IndexError instead.
+// argmax: the first index of the maximum; a row containing NaN gives its first NaN (numpy).
+// A row of all -inf has lse = -inf and NaN loss / gradient / softmax (PyTorch's values).
+// lse_is_input (backward from a saved lse): m = lse, s = 1, no max/sum pass.
+//
+// Two kernels, both grid-stride over rows with a "team" of threads per row (common.cuh):
+//   rows_resident (v2, the fast one): the team loads its row once into registers with 128-bit
+//     loads (NV packs of 16 bytes per thread), reduces max (+argmax), then the four sums in
+//     one reduction, and writes the gradient / softmax from the registers with 128-bit
+//     stores: one read and one write of HBM per element. Team sizes by C: 4, 16 or 32 lanes
+//     (several rows per warp) for small C, a block of 256 up to 2048 packs, then on sm_90 a
+//     cluster of 2..16 blocks (distributed shared memory) up to 65536 packs (262144 float32 /
+//     524288 bf16 classes); before sm_90 a block of 512 up to 4096 packs. 8 packs per thread.
+//   rows_streaming (v1, simple, and the fallback beyond that): a block per row; pass 1 reads
+//     the row with an online max/sum (Milakov & Gimelshein), pass 2 reads it again (mostly
+//     from L2) and writes. FUSEDCE_CUDA_SIMPLE=1 uses it for every C (to validate v2 on a GPU).
+// dx may alias the logits: every element is read by the thread that writes it, before the
+// write, and everything a row needs is read before the row's reductions.
+
+#include <climits>
+
+#include "common.cuh"
+#include "core/ops.h"
+#include "rows.cuh"
+
+namespace fusedce {
+namespace cuda {
+namespace detail {
+namespace {
+
+template <typename T>
+struct RowArgs {
+  using S = compute_t<T>;
+  const T* x;
+  int64_t x_stride;
+  T* out;  // gradient / softmax output, or null
+  int64_t out_stride;
+  int64_t n;
+  int c;
+  int mode;
+  // targets
+  int tkind;  // TargetKind
+  const void* idx;
+  bool idx64;
+  int64_t idx_stride;
+  const T* q;
+  int64_t q_stride;
+  const S* w;
+  S eps;
+  int64_t ignore;
+  // per-row stats
+  S* loss;
+  S* lse;
+  bool lse_in;
+  int64_t* argmax;
+  const S* g;
+  int64_t g_stride;
+  bool vec;  // 128-bit accesses allowed on x, out and q
+};
+
+// Row-level flags, identical for every thread of the grid (no reduction may depend on row data).
+template <typename T>
+struct Flags {
+  bool ce, index, prob, smooth, want_loss, do_max, do_sums, write;
+  __device__ explicit Flags(const RowArgs<T>& a) {
+    ce = a.mode == kLossOnly || a.mode == kLossGrad;
+    index = ce && a.tkind == static_cast<int>(TargetKind::ClassIndex);
+    prob = ce && a.tkind == static_cast<int>(TargetKind::Probabilities);
+    smooth = index && a.eps > 0;
+    want_loss = ce && a.loss != nullptr;
+    do_max = !a.lse_in || a.argmax != nullptr;
+    do_sums = !a.lse_in || prob || smooth || want_loss;
+    write = a.out != nullptr && a.mode != kLossOnly;
+  }
+};
+
+enum RowState : int { kNormal = 0, kIgnored = 1, kBadTarget = 2 };
+
+// What a row's target says, read before anything is written.
+template <typename T>
+__device__ __forceinline__ int read_target(const RowArgs<T>& a, const Flags<T>& f, bool active,
+                                           int64_t row, int64_t& t) {
+  t = -1;
+  if (!f.index || !active) return kNormal;
+  const int64_t y = load_index(a.idx, a.idx64, row * a.idx_stride);
+  if (y == a.ignore) return kIgnored;
+  if (y < 0 || y >= a.c) return kBadTarget;
+  t = y;
+  return kNormal;
+}
+
+// Everything the write phase needs about a row, once its max and sums are known.
+template <typename S>
+struct RowPlan {
+  S m, m2, logs, inv_s;
+  S P;   // multiplies exp(x_c - m)
+  S Tt;  // subtracted at c == t
+  S Wc;  // times w_c (smoothing), or g for probability targets
+  S eps_c, one_minus_eps;
+  int64_t t;
+  int state;
+};
+
+// Loss for the row and the gradient coefficients. sum: s, a = sum w q' (x-m) or w (x-m),
+// b = S or B (when weights), tm = x_t - m. Writes the row's stats when `writer`.
+template <typename T>
+__device__ __forceinline__ RowPlan<compute_t<T>> finish_row(const RowArgs<T>& a, const Flags<T>& f,
+                                                            bool writer, int64_t row, compute_t<T> m,
+                                                            int amax, const Sum4<compute_t<T>>& acc,
+                                                            int state, int64_t t) {
+  using S = compute_t<T>;
+  RowPlan<S> p;
+  p.m = m;
+  p.m2 = scaled_max(m);
+  p.logs = a.lse_in ? S(0) : log_c(acc.s);
+  p.inv_s = a.lse_in ? S(1) : S(1) / acc.s;
+  p.t = t;
+  p.state = state;
+  p.eps_c = a.eps / static_cast<S>(a.c);
+  p.one_minus_eps = S(1) - a.eps;
+  const S wt = (f.index && t >= 0) ? (a.w ? a.w[t] : S(1)) : S(0);
+  const S B = f.smooth ? (a.w ? acc.b : static_cast<S>(a.c)) : S(0);
+  if (writer) {
+    if (f.want_loss) {
+      S L;
+      if (f.prob) {
+        L = acc.b * p.logs - acc.a;
+      } else if (state == kIgnored) {
+        L = S(0);
+      } else if (state == kBadTarget) {
+        L = quiet_nan<S>();
+      } else {
+        L = p.one_minus_eps * wt * (p.logs - acc.t);
+        if (f.smooth) L += p.eps_c * (B * p.logs - acc.a);
+      }
+      a.loss[row] = L;
+    }
+    if (a.lse != nullptr && !a.lse_in) a.lse[row] = m + p.logs;
+    if (a.argmax != nullptr) a.argmax[row] = amax;
+  }
+  // every thread of the team reads g (one cached load); `writer` only gates the stores above
+  const S g = (f.ce && a.g != nullptr) ? a.g[a.g_stride * row] : S(1);
+  if (f.prob) {
+    p.P = g * acc.b * p.inv_s;
+    p.Tt = S(0);
+    p.Wc = g;
+  } else {
+    p.P = g * (p.one_minus_eps * wt + (f.smooth ? p.eps_c * B : S(0))) * p.inv_s;
+    p.Tt = g * p.one_minus_eps * wt;
+    p.Wc = g * p.eps_c;
+  }
+  return p;
+}
+
+// The value written at column c (c < C) of a row: gradient, softmax or log_softmax.
+// qc is the (unsmoothed) probability target at c for probability targets.
+template <typename T>
+__device__ __forceinline__ compute_t<T> row_output(const RowArgs<T>& a, const Flags<T>& f,
+                                                   const RowPlan<compute_t<T>>& p, compute_t<T> xv,
+                                                   int64_t c, compute_t<T> qc) {
+  using S = compute_t<T>;
+  if (a.mode == kSoftmax) return exp_shifted(xv, p.m, p.m2) * p.inv_s;
+  if (a.mode == kLogSoftmax) return (xv - p.m) - p.logs;
+  if (f.prob) {
+    const S qq = p.one_minus_eps * qc + p.eps_c;
+    const S wq = a.w ? a.w[c] * qq : qq;
+    return exp_shifted(xv, p.m, p.m2) * p.P - p.Wc * wq;
+  }
+  if (p.state == kIgnored) return S(0);
+  if (p.state == kBadTarget) return quiet_nan<S>();
+  S d = exp_shifted(xv, p.m, p.m2) * p.P;
+  if (c == p.t) d -= p.Tt;
+  if (f.smooth) d -= p.Wc * (a.w ? a.w[c] : S(1));
+  return d;
+}
+
+// ---------------------------------------------------------------------------------------------
+// v2: the row in registers
+// ---------------------------------------------------------------------------------------------
+
+template <typename T, typename Team, int NV>
+__global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a) {
+  using S = compute_t<T>;
+  constexpr int VEC = Pack<T>::N;
+  __shared__ typename Team::Storage storage;
+  Team team(storage);
+  const Flags<T> f(a);
+  const int rank = team.rank();
+  const T pad = from_compute<T>(neg_inf<S>());
+  const T zero = from_compute<T>(S(0));
+
+  for (int64_t base = team.begin(); base < a.n; base += team.step()) {
+    const int64_t row = base + team.sub_row();
+    const bool active = row < a.n;
+    const int64_t r = active ? row : 0;
+    const T* xr = a.x + r * a.x_stride;
+
+    // 1. the row into registers (padding: -inf, neutral for max and exp-sum)
+    Pack<T> x[NV];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int c0 = (j * Team::kThreads + rank) * VEC;
+      load_pack(x[j], xr + c0, active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0, a.vec, pad, true);
+    }
+    int64_t t;
+    const int state = read_target(a, f, active, row, t);
+
+    // 2. max (and argmax)
+    S m = S(0);
+    int amax = 0;
+    if (f.do_max) {
+      if (a.argmax != nullptr) {
+        ArgMax<S> best{neg_inf<S>(), INT_MAX};
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+          const int c0 = (j * Team::kThreads + rank) * VEC;
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) argmax_update(best, to_compute(x[j].v[k]), c0 + k);
+        }
+        best = team.reduce(best, ArgMaxOp{});
+        m = best.v;
+        amax = best.i;
+      } else {
+        S mm = neg_inf<S>();
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) mm = max_c(mm, to_compute(x[j].v[k]));
+        m = team.reduce(mm, MaxOp{});
+      }
+    }
+    if (a.lse_in) m = active ? a.lse[r] : S(0);
+    // a row of all -inf: shift by 0, so s = 0 and lse = -inf (outputs NaN, as PyTorch)
+    else if (m == neg_inf<S>()) m = S(0);
+
+    // 3. the sums, one reduction
+    Sum4<S> acc{S(0), S(0), S(0), S(0)};
+    if (f.do_sums) {
+      const S m2 = scaled_max(m);
+      const S eps_c = a.eps / static_cast<S>(a.c);
+      const T* qr = f.prob ? a.q + r * a.q_stride : nullptr;
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        const int c0 = (j * Team::kThreads + rank) * VEC;
+        Pack<T> qp;
+        if (f.prob) load_pack(qp, qr + c0, active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0, a.vec, zero, false);
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const int c = c0 + k;
+          const S xv = to_compute(x[j].v[k]);
+          if (!a.lse_in) acc.s += exp_shifted(xv, m, m2);
+          if (c < a.c) {
+            if (f.smooth) {
+              const S wc = a.w ? a.w[c] : S(1);
+              acc.a += wc * (xv - m);
+              acc.b += wc;
+            } else if (f.prob) {
+              const S qq = (S(1) - a.eps) * to_compute(qp.v[k]) + eps_c;
+              const S wq = a.w ? a.w[c] * qq : qq;
+              acc.b += wq;
+              if (wq != S(0)) acc.a += wq * (xv - m);
+            }
+            if (c == t) acc.t = xv - m;
+          }
+        }
+      }
+      acc = team.reduce(acc, Sum4Op{});
+    }
+    if (a.lse_in) acc.s = S(1);
+
+    const RowPlan<S> p = finish_row(a, f, active && team.rank() == 0, r, m, amax, acc, state, t);
+
+    // 4. write from the registers
+    if (f.write) {
+      T* orow = a.out + r * a.out_stride;
+      const T* qr = f.prob ? a.q + r * a.q_stride : nullptr;
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        const int c0 = (j * Team::kThreads + rank) * VEC;
+        const int valid = active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0;
+        Pack<T> qp;
+        if (f.prob) load_pack(qp, qr + c0, valid, a.vec, zero, false);
+        Pack<T> o;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          const S qc = f.prob ? to_compute(qp.v[k]) : S(0);
+          o.v[k] = k < valid ? from_compute<T>(row_output(a, f, p, to_compute(x[j].v[k]), c0 + k, qc)) : zero;
+        }
+        if (valid > 0) store_pack(orow + c0, o, valid, a.vec, true);
+      }
+    }
+  }
+  team.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// v1: streaming, a block per row, any C
+// ---------------------------------------------------------------------------------------------
+
+// Online state of a slice of the row: max m, s = sum exp(x - m), a = sum u (x - m), b = sum u
+// (u = w_c or w_c q'_c). -inf logits add 0 to s and -inf to a.
+template <typename S>
+struct Online {
+  S m, s, a, b;
+};
+template <typename S>
+__device__ __forceinline__ Online<S> shfl_xor(Online<S> x, int o) {
+  using detail::shfl_xor;
+  return {shfl_xor(x.m, o), shfl_xor(x.s, o), shfl_xor(x.a, o), shfl_xor(x.b, o)};
+}
+template <typename S>
+__device__ __forceinline__ void online_rescale(Online<S>& x, S M) {
+  if (x.m == M) return;
+  const S d = x.m - M;  // < 0, or -inf when x has seen only -inf
+  x.s *= exp_shifted(d, S(0), S(0));
+  if (x.b != S(0)) x.a += x.b * d;
+  x.m = M;
+}
+struct OnlineOp {
+  template <typename S>
+  __device__ __forceinline__ Online<S> operator()(Online<S> x, Online<S> y) const {
+    const S M = max_c(x.m, y.m);
+    online_rescale(x, M);
+    online_rescale(y, M);
+    return {M, x.s + y.s, x.a + y.a, x.b + y.b};
+  }
+};
+
+template <typename T, int BLOCK>
+__global__ void __launch_bounds__(BLOCK) rows_streaming(const RowArgs<T> a) {
+  using S = compute_t<T>;
+  __shared__ BlockStorage storage;
+  BlockTeam<BLOCK> team(storage);
+  const Flags<T> f(a);
+  const int tid = static_cast<int>(threadIdx.x);
+  const S ninf = neg_inf<S>();
+  const S eps_c = a.eps / static_cast<S>(a.c);
+
+  for (int64_t row = blockIdx.x; row < a.n; row += gridDim.x) {
+    const T* xr = a.x + row * a.x_stride;
+    const T* qr = f.prob ? a.q + row * a.q_stride : nullptr;
+    int64_t t;
+    const int state = read_target(a, f, true, row, t);
+    const S fixed_m = a.lse_in ? a.lse[row] : S(0);
+
+    // pass 1
+    Online<S> st{a.lse_in ? fixed_m : ninf, S(0), S(0), S(0)};
+    ArgMax<S> best{ninf, INT_MAX};
+    for (int c = tid; c < a.c; c += BLOCK) {
+      const S xv = to_compute(xr[c]);
+      if (a.argmax != nullptr) argmax_update(best, xv, c);
+      if (!a.lse_in) {
+        if (xv > st.m) online_rescale(st, xv);  // exp(xv - xv) below: NaN for +inf, as PyTorch
+        st.s += (xv == ninf) ? S(0) : exp_shifted(xv, st.m, scaled_max(st.m));
+      }
+      S u = S(0);
+      if (f.smooth) {
+        u = a.w ? a.w[c] : S(1);
+      } else if (f.prob) {
+        const S qq = (S(1) - a.eps) * to_compute(qr[c]) + eps_c;
+        u = a.w ? a.w[c] * qq : qq;
+      }
+      if (u != S(0)) {
+        st.a += (xv == ninf) ? ninf : u * (xv - st.m);
+        st.b += u;
+      }
+    }
+    // x_t from memory, before any write (the block barriers below order it)
+    S tm = S(0);
+    if (t >= 0) tm = to_compute(xr[t]);
+
+    S m = st.m;
+    int amax = 0;
+    if (a.argmax != nullptr) {
+      best = team.reduce(best, ArgMaxOp{});
+      amax = best.i;
+    }
+    st = team.reduce(st, OnlineOp{});
+    m = a.lse_in ? fixed_m : st.m;
+    if (a.argmax != nullptr && !a.lse_in && isnan(best.v)) m = best.v;  // as v2: NaN row -> NaN
+    Sum4<S> acc{a.lse_in ? S(1) : st.s, st.a, st.b, tm - m};
+    if (f.smooth && a.w == nullptr) acc.b = static_cast<S>(a.c);
+    const RowPlan<S> p = finish_row(a, f, tid == 0, row, m, amax, acc, state, t);
+
+    // pass 2
+    if (f.write) {
+      T* orow = a.out + row * a.out_stride;
+      for (int c = tid; c < a.c; c += BLOCK) {
+        const S qc = f.prob ? to_compute(qr[c]) : S(0);
+        orow[c] = from_compute<T>(row_output(a, f, p, to_compute(xr[c]), c, qc));
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch
+// ---------------------------------------------------------------------------------------------
+
+// A per-device cache of one int per kernel instance (occupancy results), -1 = unknown.
+struct DeviceIntCache {
+  int v[64];
+  DeviceIntCache() {
+    for (int& x : v) x = -1;
+  }
+};
+
+template <typename T, typename Team, int NV>
+bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, cudaStream_t stream) {
+  auto kernel = rows_resident<T, Team, NV>;
+  static DeviceIntCache cache;
+  const int slot = device >= 0 && device < 64 ? device : 0;
+  if constexpr (Team::kCluster == 1) {
+    if (cache.v[slot] < 0) cache.v[slot] = blocks_per_sm(kernel, Team::kBlock);
+    constexpr int rows_per_block = Team::kBlock / Team::kThreads;
+    const int64_t blocks_needed = (a.n + rows_per_block - 1) / rows_per_block;
+    const unsigned grid = grid_for(blocks_needed, props.sm_count, cache.v[slot]);
+    kernel<<<grid, Team::kBlock, 0, stream>>>(a);
+    check_launch("rows_resident");
+    return true;
+  } else {
+    if (props.major < 9) return false;
+    constexpr int K = Team::kCluster;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = K;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.blockDim = dim3(Team::kBlock, 1, 1);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (cache.v[slot] < 0) {
+      if (K > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+        (void)cudaGetLastError();
+      cfg.gridDim = dim3(K, 1, 1);
+      int clusters = 0;
+      if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+        (void)cudaGetLastError();
+        clusters = 0;
+      }
+      cache.v[slot] = clusters;
+    }
+    if (cache.v[slot] <= 0) return false;
+    const int64_t clusters = a.n < cache.v[slot] ? a.n : cache.v[slot];
+    cfg.gridDim = dim3(static_cast<unsigned>(clusters * K), 1, 1);
+    check(cudaLaunchKernelEx(&cfg, kernel, a), "rows_resident (cluster)");
+    return true;
+  }
+}
+
+template <typename T>
+void launch_streaming(const RowArgs<T>& a, int device, const DeviceProps& props, cudaStream_t stream) {
+  constexpr int kBlock = 512;
+  auto kernel = rows_streaming<T, kBlock>;
+  static DeviceIntCache cache;
+  const int slot = device >= 0 && device < 64 ? device : 0;
+  if (cache.v[slot] < 0) cache.v[slot] = blocks_per_sm(kernel, kBlock);
+  kernel<<<grid_for(a.n, props.sm_count, cache.v[slot]), kBlock, 0, stream>>>(a);
+  check_launch("rows_streaming");
+}
+
+// Team by row length, in 16-byte packs: the smallest team whose registers hold the row.
+template <typename T>
+void launch_rows(const RowArgs<T>& a, int device, cudaStream_t stream) {
+  const DeviceProps props = device_props(device);
+  constexpr int VEC = Pack<T>::N;
+  const int64_t packs = (int64_t{a.c} + VEC - 1) / VEC;
+  if (!simple_kernels_forced()) {
+    if (packs <= 4) return (void)launch_resident<T, SubWarpTeam<4, 256>, 1>(a, device, props, stream);
+    if (packs <= 16) return (void)launch_resident<T, SubWarpTeam<16, 256>, 1>(a, device, props, stream);
+    if (packs <= 64) return (void)launch_resident<T, SubWarpTeam<32, 256>, 2>(a, device, props, stream);
+    if (packs <= 256) return (void)launch_resident<T, SubWarpTeam<32, 256>, 8>(a, device, props, stream);
+    if (packs <= 2048) return (void)launch_resident<T, BlockTeam<256>, 8>(a, device, props, stream);
+    // sm_90: clusters of 256-thread blocks (two blocks per SM overlap one row's reductions with
+    // the other's loads); up to 32768 packs, then 512-thread blocks. Older GPUs (or a cluster
+    // shape the GPU cannot place): one 512-thread block up to 4096 packs, then streaming.
+    if constexpr (sizeof(T) < 8) {  // float64 is not a speed target: no cluster kernels for it
+      if (packs <= 4096 && launch_resident<T, ClusterTeam<256, 2>, 8>(a, device, props, stream)) return;
+      if (packs <= 8192 && launch_resident<T, ClusterTeam<256, 4>, 8>(a, device, props, stream)) return;
+      if (packs <= 16384 && launch_resident<T, ClusterTeam<256, 8>, 8>(a, device, props, stream)) return;
+      if (packs <= 32768 && launch_resident<T, ClusterTeam<256, 16>, 8>(a, device, props, stream)) return;
+      if (packs <= 65536 && launch_resident<T, ClusterTeam<512, 16>, 8>(a, device, props, stream)) return;
+    }
+    if (packs <= 4096) return (void)launch_resident<T, BlockTeam<512>, 8>(a, device, props, stream);
+  }
+  launch_streaming(a, device, props, stream);
+}
+
+template <typename T>
+void run_typed(RowMode mode, const Rows& x, const Target& target, const LossOptions& opt,
+               const RowStats& stats, const Rows& out, const Launch& launch) {
+  using S = compute_t<T>;
+  RowArgs<T> a{};
+  a.x = reinterpret_cast<const T*>(x.data);
+  a.x_stride = x.row_stride;
+  a.n = x.rows;
+  a.c = checked_cols(x.cols, "row op");
+  a.mode = mode;
+  const bool ce = mode == kLossOnly || mode == kLossGrad;
+  a.out = (mode != kLossOnly) ? reinterpret_cast<T*>(out.data) : nullptr;
+  a.out_stride = out.row_stride;
+  a.tkind = ce ? static_cast<int>(target.kind) : static_cast<int>(TargetKind::None);
+  if (a.tkind == static_cast<int>(TargetKind::ClassIndex)) {
+    a.idx = reinterpret_cast<const void*>(target.data);
+    a.idx64 = target.dtype == DType::Int64;
+    a.idx_stride = target.stride;
+  } else if (a.tkind == static_cast<int>(TargetKind::Probabilities)) {
+    a.q = reinterpret_cast<const T*>(target.data);
+    a.q_stride = target.stride;
+  }
+  if (ce) {
+    a.w = reinterpret_cast<const S*>(opt.weight);
+    a.eps = static_cast<S>(opt.label_smoothing);
+    a.ignore = opt.ignore_index;
+    a.loss = reinterpret_cast<S*>(stats.loss);
+    a.lse = reinterpret_cast<S*>(stats.lse);
+    a.lse_in = stats.lse_is_input && stats.lse != 0;
+    a.argmax = reinterpret_cast<int64_t*>(stats.argmax);
+    a.g = reinterpret_cast<const S*>(stats.grad);
+    a.g_stride = stats.grad_stride != 0 ? 1 : 0;
+  }
+  a.vec = rows_vectorizable<T>(x.data, x.rows, x.row_stride) &&
+          (a.out == nullptr || rows_vectorizable<T>(out.data, x.rows, out.row_stride)) &&
+          (a.q == nullptr || rows_vectorizable<T>(target.data, x.rows, target.stride));
+  if (a.n <= 0) return;
+  if (mode == kLossOnly && a.loss == nullptr && a.lse == nullptr && a.argmax == nullptr) return;
+  if (mode != kLossOnly && a.out == nullptr && (!ce || (a.loss == nullptr && a.lse == nullptr && a.argmax == nullptr)))
+    return;
+  DeviceGuard guard(launch.device);
+  launch_rows(a, launch.device, stream_of(launch));
+}
+
+}  // namespace
+
+void run_row_op(RowMode mode, const Rows& x, const Target& target, const LossOptions& opt,
+                const RowStats& stats, const Rows& out, const Launch& launch) {
+  switch (x.dtype) {
+    case DType::Float32: return run_typed<float>(mode, x, target, opt, stats, out, launch);
+    case DType::Float64: return run_typed<double>(mode, x, target, opt, stats, out, launch);
+    case DType::Float16: return run_typed<__half>(mode, x, target, opt, stats, out, launch);
+    case DType::BFloat16: return run_typed<__nv_bfloat16>(mode, x, target, opt, stats, out, launch);
+    default: throw std::invalid_argument("fusedce CUDA: logits must be float32, float64, float16 or bfloat16");
+  }
+}
+
+}  // namespace detail
+
+void cross_entropy_forward(const Rows& logits, const Target& target, const LossOptions& opt,
+                           const RowStats& stats, const Launch& launch) {
+  detail::run_row_op(detail::kLossOnly, logits, target, opt, stats, Rows{}, launch);
+}
+
+void cross_entropy_with_grad(const Rows& logits, const Target& target, const LossOptions& opt,
+                             const RowStats& stats, const Rows& dx, const Launch& launch) {
+  detail::run_row_op(detail::kLossGrad, logits, target, opt, stats, dx, launch);
+}
+
+}  // namespace cuda
+}  // namespace fusedce
