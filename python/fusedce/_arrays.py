@@ -9,6 +9,7 @@ are taken as CuPy arrays (zero-copy) and run on the current CUDA stream.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +39,25 @@ def _cupy():
     return cupy
 
 
+def is_torch(a: Any) -> bool:
+    return type(a).__module__.startswith("torch")
+
+
+def is_bfloat16(a: Any) -> bool:
+    """A PyTorch bfloat16 tensor (NumPy and CuPy have no bfloat16 dtype)."""
+    return is_torch(a) and str(getattr(a, "dtype", "")) == "torch.bfloat16"
+
+
 def _is_cuda_object(a: Any) -> bool:
     if type(a).__module__.startswith("cupy"):
         return True
-    if hasattr(a, "__cuda_array_interface__"):
-        return True
+    if is_torch(a):
+        return bool(getattr(a, "is_cuda", False))
+    try:  # the property itself may raise for dtypes it cannot describe
+        if getattr(a, "__cuda_array_interface__", None) is not None:
+            return True
+    except Exception:
+        pass
     dev = getattr(a, "__dlpack_device__", None)
     if dev is not None and not isinstance(a, np.ndarray):
         try:
@@ -52,54 +67,104 @@ def _is_cuda_object(a: Any) -> bool:
     return False
 
 
+def _device_of(a: Any, cupy) -> int:
+    if type(a).__module__.startswith("cupy"):
+        return int(a.device.id)
+    if is_torch(a):
+        return int(a.device.index or 0)
+    return int(cupy.asarray(a).device.id)
+
+
 @dataclass(frozen=True)
 class Backend:
-    """Where an op runs: ``xp`` is numpy or cupy; ``device`` is -1 for the host."""
+    """Where an op runs: ``xp`` is numpy or cupy; ``device`` is -1 for the host.
+
+    ``torch_stream`` is set when the caller's arrays are PyTorch CUDA tensors: the op then
+    runs on PyTorch's current stream and its results come back as PyTorch tensors.
+    """
 
     xp: Any
     device: int
+    torch_stream: Any = None
 
     @property
     def on_gpu(self) -> bool:
         return self.device >= 0
+
+    def activate(self):
+        """A context in which CuPy allocates and runs on this backend's device and stream."""
+        if not self.on_gpu:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.xp.cuda.Device(self.device))
+        if self.torch_stream is not None:
+            stack.enter_context(self.xp.cuda.ExternalStream(self.torch_stream, self.device))
+        return stack
 
     def launch(self) -> _core.Launch:
         if not self.on_gpu:
             return _core.Launch()
         return _core.Launch(self.device, self.xp.cuda.get_current_stream().ptr)
 
+    def to_caller(self, a, bfloat16: bool = False):
+        """A result in the caller's kind of array (a PyTorch tensor for PyTorch inputs)."""
+        if self.torch_stream is None:
+            return a
+        import torch
+
+        t = torch.from_dlpack(a)
+        return t.view(torch.bfloat16) if bfloat16 else t
+
 
 HOST = Backend(np, -1)
 
 
 def backend_of(named: dict[str, Any]) -> Backend:
-    """The backend of the array arguments (None values skipped); mixing kinds is an error."""
-    found: dict[str, Backend] = {}
+    """The backend of the array arguments (None values skipped); mixing devices is an error."""
+    found: dict[str, tuple[Backend, bool]] = {}
     for name, a in named.items():
         if a is None or isinstance(a, (numbers.Number, np.generic)):
             continue
         if _is_cuda_object(a):
             cupy = _cupy()
-            dev = cupy.asarray(a).device.id if not type(a).__module__.startswith("cupy") else a.device.id
-            found[name] = Backend(cupy, int(dev))
+            found[name] = (Backend(cupy, _device_of(a, cupy)), is_torch(a))
         else:
-            found[name] = HOST
-    kinds = set(found.values())
+            found[name] = (HOST, False)
+    kinds = {b for b, _ in found.values()}
     if len(kinds) > 1:
         desc = ", ".join(
-            f"{n} on {'GPU %d' % b.device if b.on_gpu else 'the host'}" for n, b in found.items()
+            f"{n} on {'GPU %d' % b.device if b.on_gpu else 'the host'}" for n, (b, _) in found.items()
         )
         raise ValueError(f"arrays must all be on one device: {desc}")
-    return kinds.pop() if kinds else HOST
+    if not kinds:
+        return HOST
+    backend = kinds.pop()
+    first_is_torch = next(iter(found.values()))[1]
+    if backend.on_gpu and first_is_torch:
+        import torch
+
+        stream = torch.cuda.current_stream(backend.device).cuda_stream
+        backend = Backend(backend.xp, backend.device, stream)
+    return backend
 
 
 def as_array(a: Any, backend: Backend, name: str):
-    """``a`` as a numpy or cupy array, zero-copy when it already is one."""
+    """``a`` as a numpy or cupy array, zero-copy when it already is one. A PyTorch bfloat16
+    tensor on the GPU comes back as an int16 view of its storage (see is_bfloat16)."""
     if backend.on_gpu:
-        if a is not None and not type(a).__module__.startswith("cupy") and hasattr(a, "__dlpack__") \
-                and not hasattr(a, "__cuda_array_interface__"):
-            return backend.xp.from_dlpack(a)
-        return backend.xp.asarray(a)
+        cupy = backend.xp
+        if isinstance(a, (numbers.Number, np.generic)):
+            return cupy.asarray(a)
+        if type(a).__module__.startswith("cupy"):
+            return a
+        if is_torch(a):
+            import torch
+
+            t = a.detach()
+            return cupy.from_dlpack(t.view(torch.int16) if is_bfloat16(a) else t)
+        if hasattr(a, "__dlpack__"):
+            return cupy.from_dlpack(a)
+        return cupy.asarray(a)
     if isinstance(a, np.ndarray):
         return a
     try:
@@ -161,11 +226,13 @@ def class_rows(x, axis: int, xp, *, writable_view: bool = False):
     return xp.ascontiguousarray(moved).reshape(n, c), moved.shape, True
 
 
-def rows_struct(rows2d, dtype_override=None) -> _core.Rows:
+def rows_struct(rows2d, bfloat16: bool = False) -> _core.Rows:
+    """The kernels' view of a (rows, C) array; ``bfloat16`` marks int16 storage of bf16."""
     n, c = rows2d.shape
     item = rows2d.dtype.itemsize
     stride = rows2d.strides[0] // item if n > 1 else c
-    return _core.Rows(pointer(rows2d), n, c, stride, dtype_code(dtype_override or rows2d.dtype))
+    code = _core.DType.bfloat16 if bfloat16 else dtype_code(rows2d.dtype)
+    return _core.Rows(pointer(rows2d), n, c, stride, code)
 
 
 def flat_vector(a, xp, dtype):

@@ -8,6 +8,9 @@ float64, so they do not depend on the number of threads.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import numpy as np
 
 from . import _arrays as arrays
@@ -34,27 +37,46 @@ __all__ = [
 
 
 class _Input:
-    """A floating input viewed as (rows, classes) in its compute dtype."""
+    """A floating input viewed as (rows, classes), in the dtype the kernels will read.
+
+    The CPU kernels read float32 and float64, so float16 is converted to float32 there; the
+    CUDA kernels read float16 and bfloat16 themselves (bfloat16 arrives from PyTorch as an
+    int16 view of its storage, ``self.bf16``).
+    """
 
     def __init__(self, x, axis, name, backend):
-        self.backend = backend
+        self.backend, self.original = backend, x
         xp = self.xp = backend.xp
-        self.array = checks.floating(arrays.as_array(x, backend, name), name)
+        self.bf16 = backend.on_gpu and arrays.is_bfloat16(x)
+        self.array = arrays.as_array(x, backend, name)
+        if not self.bf16:
+            checks.floating(self.array, name)
+        elif self.array.ndim == 0:
+            checks.floating(self.array, name)  # raises the 0-d error
         self.axis = checks.axis_index(axis, self.array.ndim)
-        self.dtype = self.array.dtype
-        self.cdtype = checks.compute_dtype(self.dtype)
-        source = self.array if self.dtype == self.cdtype else self.array.astype(self.cdtype)
+        self.dtype = self.array.dtype  # the storage dtype (int16 for bfloat16)
+        self.cdtype = np.dtype(np.float32) if self.bf16 else checks.compute_dtype(self.dtype)
+        native = self.bf16 or self.dtype == self.cdtype or backend.on_gpu
+        source = self.array if native else self.array.astype(self.cdtype)
         self.rows, self.moved_shape, copied = arrays.class_rows(source, self.axis, xp)
-        self.is_view = not copied and self.dtype == self.cdtype
+        self.is_view = not copied and native
         self.n, self.c = self.rows.shape
         self.row_shape = tuple(self.moved_shape[:-1])
 
+    @property
+    def storage_dtype(self):
+        """The dtype of the rows the kernels read and write (and of their outputs)."""
+        return self.rows.dtype
+
     def struct(self):
-        return arrays.rows_struct(self.rows)
+        return arrays.rows_struct(self.rows, self.bf16)
 
     def like(self, other, name):
         """Another array of the same shape (grad, y, probabilities...), as rows."""
         return _Input(other, self.axis, name, self.backend)
+
+    def to_caller(self, a, bf16=False):
+        return self.backend.to_caller(a, bf16)
 
 
 class _Output:
@@ -62,37 +84,41 @@ class _Output:
 
     def __init__(self, inp: _Input, out=None, inplace=False, name="out"):
         xp = inp.xp
-        self.inp, self.target, self.copy_back = inp, None, False
+        self.inp, self.target, self.caller_result = inp, None, None
         if inplace:
-            if inp.backend.xp is np and not inp.array.flags.writeable:
+            if not (isinstance(inp.original, xp.ndarray) or arrays.is_torch(inp.original)):
+                raise TypeError("inplace=True needs logits to be an array, not "
+                                f"{type(inp.original).__name__}")
+            if xp is np and not inp.array.flags.writeable:
                 raise ValueError("inplace=True needs a writeable logits array; this one is read-only")
-            self.target = inp.array
-            if inp.is_view:
-                self.rows = inp.rows
-                return
+            self.target, self.caller_result = inp.array, inp.original
         elif out is not None:
-            checks.writable_out(out, inp.array.shape, inp.dtype, xp, name)
-            self.target = out
-            if inp.dtype == inp.cdtype:
-                rows, _, copied = arrays.class_rows(out, inp.axis, xp)
-                if not copied and not _overlaps(xp, out, inp, rows):
-                    self.rows = rows
-                    return
+            out_arr = arrays.as_array(out, inp.backend, name)
+            if inp.bf16 != arrays.is_bfloat16(out):
+                raise TypeError(f"{name} must have the dtype of the input")
+            checks.writable_out(out_arr, inp.array.shape, inp.dtype, xp, name)
+            self.target, self.caller_result = out_arr, out
+        if self.target is not None and inp.is_view:
+            rows, _, copied = arrays.class_rows(self.target, inp.axis, xp)
+            if not copied and (inplace or not _overlaps(xp, self.target, inp, rows)):
+                self.rows, self.copy_back = rows, False
+                return
         self.copy_back = self.target is not None
-        self.rows = xp.empty((inp.n, inp.c), dtype=inp.cdtype)
+        self.rows = xp.empty((inp.n, inp.c), dtype=inp.storage_dtype)
 
     def struct(self):
-        return arrays.rows_struct(self.rows)
+        return arrays.rows_struct(self.rows, self.inp.bf16)
 
     def result(self):
         inp, xp = self.inp, self.inp.xp
-        if self.target is not None and not self.copy_back:
-            return self.target
         full = xp.moveaxis(self.rows.reshape(inp.moved_shape), -1, inp.axis)
         if self.copy_back:
             xp.copyto(self.target, full, casting="unsafe")
-            return self.target
-        return full if inp.dtype == inp.cdtype else full.astype(inp.dtype)
+        if self.caller_result is not None:  # out= or inplace: the caller's own object
+            return self.caller_result
+        if full.dtype != inp.dtype:
+            full = full.astype(inp.dtype)
+        return inp.to_caller(full, inp.bf16)
 
 
 def _overlaps(xp, out, inp, rows):
@@ -111,15 +137,18 @@ class _Target:
         xp = inp.xp
         t = arrays.as_array(target, inp.backend, "target")
         self.kind, self.ignore_index = None, ignore_index
-        if t.dtype in checks.FLOAT_DTYPES and allow_probs:
+        if (t.dtype in checks.FLOAT_DTYPES or arrays.is_bfloat16(target)) and allow_probs:
             checks.same_shape(t, inp.array.shape, "target", "probability targets have the logits' shape")
-            probs = inp.like(t.astype(inp.cdtype, copy=False), "target")
+            if inp.bf16 != arrays.is_bfloat16(target):
+                if inp.bf16:
+                    raise TypeError("target: probability targets for bfloat16 logits must be bfloat16")
+                raise TypeError("target: bfloat16 probability targets need bfloat16 logits")
+            probs = inp.like(target if inp.bf16 else t.astype(inp.storage_dtype, copy=False), "target")
             self.probs = probs.rows
             self.index = None
-            self.struct = _core.Target(
-                _core.TargetKind.probabilities, arrays.pointer(self.probs),
-                arrays.dtype_code(inp.cdtype), arrays.rows_struct(self.probs).row_stride,
-            )
+            rows = probs.struct()
+            self.struct = _core.Target(_core.TargetKind.probabilities, rows.data, rows.dtype,
+                                       rows.row_stride)
             return
         if t.dtype not in checks.INDEX_DTYPES:
             what = "class indices (int32 or int64)"
@@ -128,17 +157,20 @@ class _Target:
             raise TypeError(f"target must hold {what}, got dtype {t.dtype}")
         checks.same_shape(t, inp.row_shape, "target", "the logits' shape without the class axis")
         flat = xp.ascontiguousarray(t.reshape(-1))
-        # Two reductions decide the common case (every index valid, none ignored) cheaply.
-        lo, hi = (int(flat.min()), int(flat.max())) if flat.size else (0, -1)
-        self.none_ignored = not (lo <= ignore_index <= hi)
-        if validate and (lo < 0 or hi >= inp.c):
-            bad = (flat != ignore_index) & ((flat < 0) | (flat >= inp.c))
-            if bool(bad.any()):
-                first = int(flat[int(xp.argmax(bad))])
-                raise IndexError(
-                    f"target holds class index {first}, outside [0, {inp.c}) and not "
-                    f"ignore_index={ignore_index}"
-                )
+        # Two reductions decide the common case (every index valid, none ignored) cheaply;
+        # on a GPU they cost a synchronisation, which validate_targets=False avoids.
+        self.none_ignored = False
+        if validate and flat.size:
+            lo, hi = int(flat.min()), int(flat.max())
+            self.none_ignored = not (lo <= ignore_index <= hi)
+            if lo < 0 or hi >= inp.c:
+                bad = (flat != ignore_index) & ((flat < 0) | (flat >= inp.c))
+                if bool(bad.any()):
+                    first = int(flat[int(xp.argmax(bad))])
+                    raise IndexError(
+                        f"target holds class index {first}, outside [0, {inp.c}) and not "
+                        f"ignore_index={ignore_index}"
+                    )
         self.index = flat
         self.probs = None
         self.struct = _core.Target(
@@ -155,7 +187,7 @@ class _Target:
         return weight[safe] * valid
 
 
-def _weight(weight, inp: _Input):
+def _weight(weight, inp: _Input, validate=True):
     if weight is None:
         return None
     xp = inp.xp
@@ -165,7 +197,7 @@ def _weight(weight, inp: _Input):
     if w.shape != (inp.c,):
         raise ValueError(f"weight must have shape ({inp.c},) (one weight per class), got {tuple(w.shape)}")
     w = xp.ascontiguousarray(w, dtype=inp.cdtype)
-    if not bool(xp.isfinite(w).all()):
+    if (validate or not inp.backend.on_gpu) and not bool(xp.isfinite(w).all()):
         raise ValueError("weight must hold finite values")
     return w
 
@@ -208,22 +240,41 @@ def _grad_factors(grad_loss, reduction, denom, inp: _Input, row_shape):
     return xp.asarray(g, dtype=cdtype).reshape(1), 0
 
 
-def _backend(**named):
-    return arrays.backend_of(named)
+def _runs_where(*array_params):
+    """Decorator: the op runs where its array arguments live (host or CUDA device, on the
+    current stream); the function receives that Backend as its first argument, which its
+    public signature leaves out."""
+
+    def wrap(func):
+        sig = inspect.signature(func)
+        public = sig.replace(parameters=list(sig.parameters.values())[1:])
+
+        @functools.wraps(func)
+        def op(*args, **kwargs):
+            bound = public.bind(*args, **kwargs)  # TypeError naming an unknown keyword
+            backend = arrays.backend_of({p: bound.arguments.get(p) for p in array_params})
+            with backend.activate():
+                return func(backend, *args, **kwargs)
+
+        op.__signature__ = public
+        return op
+
+    return wrap
 
 
 # ---------------------------------------------------------------------------------------
 # softmax and log_softmax
 
 
-def _softmax(x, axis, out, log):
-    inp = _Input(x, axis, "x", _backend(x=x, out=out))
+def _softmax(backend, x, axis, out, log):
+    inp = _Input(x, axis, "x", backend)
     res = _Output(inp, out)
     _core.softmax_forward(inp.struct(), res.struct(), log, inp.backend.launch())
     return res.result()
 
 
-def softmax(x, axis=-1, *, out=None):
+@_runs_where("x", "out")
+def softmax(backend, x, axis=-1, *, out=None):
     """Softmax along ``axis``: ``exp(x - logsumexp(x))``.
 
     Parameters
@@ -249,10 +300,11 @@ def softmax(x, axis=-1, *, out=None):
     >>> fusedce.softmax(np.array([0.0, np.log(3.0)])).round(6)
     array([0.25, 0.75])
     """
-    return _softmax(x, axis, out, False)
+    return _softmax(backend, x, axis, out, False)
 
 
-def log_softmax(x, axis=-1, *, out=None):
+@_runs_where("x", "out")
+def log_softmax(backend, x, axis=-1, *, out=None):
     """Log-softmax along ``axis``: ``x - logsumexp(x)``, computed stably.
 
     Shapes, dtypes, ``out`` and errors as :func:`softmax`. -inf entries (masked classes)
@@ -265,11 +317,10 @@ def log_softmax(x, axis=-1, *, out=None):
     array([[-0.69314718, -0.69314718],
            [ 0.        ,        -inf]])
     """
-    return _softmax(x, axis, out, True)
+    return _softmax(backend, x, axis, out, True)
 
 
-def _softmax_bwd(grad, y, axis, out, log):
-    backend = _backend(grad=grad, y=y, out=out)
+def _softmax_bwd(backend, grad, y, axis, out, log):
     yi = _Input(y, axis, "y", backend)
     g = arrays.as_array(grad, backend, "grad")
     checks.floating(g, "grad")
@@ -282,7 +333,8 @@ def _softmax_bwd(grad, y, axis, out, log):
     return res.result()
 
 
-def softmax_backward(grad, y, axis=-1, *, out=None):
+@_runs_where("grad", "y", "out")
+def softmax_backward(backend, grad, y, axis=-1, *, out=None):
     """Gradient through softmax: ``dx = y * (grad - sum(grad * y, axis))``.
 
     Parameters
@@ -303,10 +355,11 @@ def softmax_backward(grad, y, axis=-1, *, out=None):
     >>> fusedce.softmax_backward(np.array([1.0, 0.0]), y)
     array([ 0.25, -0.25])
     """
-    return _softmax_bwd(grad, y, axis, out, False)
+    return _softmax_bwd(backend, grad, y, axis, out, False)
 
 
-def log_softmax_backward(grad, y, axis=-1, *, out=None):
+@_runs_where("grad", "y", "out")
+def log_softmax_backward(backend, grad, y, axis=-1, *, out=None):
     """Gradient through log-softmax: ``dx = grad - exp(y) * sum(grad, axis)``.
 
     ``y`` is ``log_softmax(x, axis)``; shapes, dtypes and errors as :func:`softmax_backward`.
@@ -318,7 +371,7 @@ def log_softmax_backward(grad, y, axis=-1, *, out=None):
     >>> fusedce.log_softmax_backward(np.array([-1.0, 0.0]), y)
     array([-0.5,  0.5])
     """
-    return _softmax_bwd(grad, y, axis, out, True)
+    return _softmax_bwd(backend, grad, y, axis, out, True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,7 +387,7 @@ class _LossCall:
         ignore_index = checks.ignore_index(ignore_index)
         self.eps = checks.label_smoothing(label_smoothing)
         self.inp = _Input(x, axis, x_name, backend)
-        self.weight = _weight(weight, self.inp)
+        self.weight = _weight(weight, self.inp, validate)
         self.target = _Target(target, self.inp, ignore_index, allow_probs=allow_probs, validate=validate)
         self.options = _options(self.weight, ignore_index, self.eps)
         self.denom = _denominator(self.reduction, self.target, self.weight, self.inp)
@@ -346,13 +399,17 @@ class _LossCall:
     def grad_factors(self, grad_loss):
         return _grad_factors(grad_loss, self.reduction, self.denom, self.inp, self.inp.row_shape)
 
-    def finish(self, losses, lse=None, argmax=None):
-        loss = _reduce(losses, self.reduction, self.denom, self.inp)
-        extras = [a.reshape(self.inp.row_shape) for a in (lse, argmax) if a is not None]
-        return (loss, *extras) if extras else loss
+    def finish(self, losses, lse=None, argmax=None, grad=None):
+        """(loss[, grad][, lse][, argmax]) as the caller's arrays; just loss when alone."""
+        out = [self.inp.to_caller(_reduce(losses, self.reduction, self.denom, self.inp))]
+        if grad is not None:
+            out.append(grad)
+        out += [self.inp.to_caller(a.reshape(self.inp.row_shape)) for a in (lse, argmax) if a is not None]
+        return tuple(out) if len(out) > 1 else out[0]
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+@_runs_where("logits", "target", "weight")
+def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, axis=-1, return_lse=False, return_argmax=False,
                   validate_targets=True):
     """Softmax cross-entropy of ``logits`` against class indices or class probabilities.
@@ -409,7 +466,7 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     array([0, 0])
     """
     call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                     "logits", _backend(logits=logits, target=target, weight=weight),
+                     "logits", backend,
                      validate=validate_targets)
     losses = call.per_row()
     lse = call.per_row() if return_lse else None
@@ -421,7 +478,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     return call.finish(losses, lse, argmax)
 
 
-def cross_entropy_backward(grad_loss, logits, target, *, weight=None, ignore_index=-100,
+@_runs_where("logits", "target", "weight", "lse", "out", "grad_loss")
+def cross_entropy_backward(backend, grad_loss, logits, target, *, weight=None, ignore_index=-100,
                            reduction="mean", label_smoothing=0.0, axis=-1, lse=None, out=None,
                            validate_targets=True):
     """Gradient of :func:`cross_entropy` with respect to ``logits``.
@@ -452,7 +510,6 @@ def cross_entropy_backward(grad_loss, logits, target, *, weight=None, ignore_ind
     >>> fusedce.cross_entropy_backward(1.0, np.zeros((1, 2)), np.array([1]))
     array([[ 0.5, -0.5]])
     """
-    backend = _backend(logits=logits, target=target, weight=weight, lse=lse, out=out, grad_loss=grad_loss)
     call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
                      "logits", backend, validate=validate_targets)
     factors, stride = call.grad_factors(grad_loss)
@@ -470,7 +527,8 @@ def cross_entropy_backward(grad_loss, logits, target, *, weight=None, ignore_ind
     return res.result()
 
 
-def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+@_runs_where("logits", "target", "weight", "out", "grad_loss")
+def cross_entropy_with_grad(backend, logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, axis=-1, grad_loss=1.0, out=None, inplace=False,
                             return_lse=False, return_argmax=False, validate_targets=True):
     """Loss and gradient of :func:`cross_entropy` in one fused pass over the logits.
@@ -507,7 +565,6 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     """
     if inplace and out is not None:
         raise ValueError("out and inplace=True are exclusive: inplace writes over logits")
-    backend = _backend(logits=logits, target=target, weight=weight, out=out, grad_loss=grad_loss)
     call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
                      "logits", backend, validate=validate_targets)
     if inplace and call.target.probs is not None and call.inp.xp is np \
@@ -524,16 +581,15 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
                            grad=arrays.pointer(factors), grad_stride=stride)
     _core.cross_entropy_with_grad(call.inp.struct(), call.target.struct, call.options, stats,
                                   res.struct(), call.launch)
-    loss = call.finish(losses)
-    extras = [a.reshape(call.inp.row_shape) for a in (lse, argmax) if a is not None]
-    return (loss, res.result(), *extras)
+    return call.finish(losses, lse, argmax, grad=res.result())
 
 
 # ---------------------------------------------------------------------------------------
 # nll
 
 
-def nll_loss(logp, target, *, weight=None, ignore_index=-100, reduction="mean", axis=-1,
+@_runs_where("logp", "target", "weight")
+def nll_loss(backend, logp, target, *, weight=None, ignore_index=-100, reduction="mean", axis=-1,
              validate_targets=True):
     """Negative log-likelihood of class indices: ``loss = -w_t logp_t`` per row.
 
@@ -560,7 +616,7 @@ def nll_loss(logp, target, *, weight=None, ignore_index=-100, reduction="mean", 
     0.490415
     """
     call = _LossCall(logp, target, weight, ignore_index, reduction, 0.0, axis, "logp",
-                     _backend(logp=logp, target=target, weight=weight), allow_probs=False,
+                     backend, allow_probs=False,
                      validate=validate_targets)
     losses = call.per_row()
     _core.nll_forward(call.inp.struct(), call.target.struct, call.options,
@@ -568,7 +624,8 @@ def nll_loss(logp, target, *, weight=None, ignore_index=-100, reduction="mean", 
     return call.finish(losses)
 
 
-def nll_loss_backward(grad_loss, logp, target, *, weight=None, ignore_index=-100, reduction="mean",
+@_runs_where("logp", "target", "weight", "out", "grad_loss")
+def nll_loss_backward(backend, grad_loss, logp, target, *, weight=None, ignore_index=-100, reduction="mean",
                       axis=-1, out=None, validate_targets=True):
     """Gradient of :func:`nll_loss` with respect to ``logp``: ``-g w_t`` at the target class.
 
@@ -582,7 +639,6 @@ def nll_loss_backward(grad_loss, logp, target, *, weight=None, ignore_index=-100
     array([[-0.5,  0. ],
            [ 0. , -0.5]])
     """
-    backend = _backend(logp=logp, target=target, weight=weight, out=out, grad_loss=grad_loss)
     call = _LossCall(logp, target, weight, ignore_index, reduction, 0.0, axis, "logp", backend,
                      allow_probs=False, validate=validate_targets)
     factors, stride = call.grad_factors(grad_loss)
@@ -597,18 +653,19 @@ def nll_loss_backward(grad_loss, logp, target, *, weight=None, ignore_index=-100
 
 
 def _mse_inputs(pred, target, backend):
-    p = arrays.as_array(pred, backend, "pred")
-    checks.floating(p, "pred")
+    pi = _Input(pred, -1, "pred", backend)
     t = arrays.as_array(target, backend, "target")
-    if t.dtype not in checks.FLOAT_DTYPES:
+    if pi.bf16 != arrays.is_bfloat16(target):
+        raise TypeError("target must be bfloat16 exactly when pred is")
+    if not pi.bf16 and t.dtype not in checks.FLOAT_DTYPES:
         raise TypeError(f"target must be a floating array, got dtype {t.dtype}")
-    checks.same_shape(t, p.shape, "target", "the shape of pred")
-    pi = _Input(p, -1, "pred", backend)
-    ti = pi.like(t.astype(p.dtype, copy=False), "target")
+    checks.same_shape(t, pi.array.shape, "target", "the shape of pred")
+    ti = pi.like(target if pi.bf16 else t.astype(pi.storage_dtype, copy=False), "target")
     return pi, ti
 
 
-def mse_loss(pred, target, *, reduction="mean"):
+@_runs_where("pred", "target")
+def mse_loss(backend, pred, target, *, reduction="mean"):
     """Mean squared error: ``(pred - target)**2`` per element, reduced.
 
     Parameters
@@ -628,7 +685,6 @@ def mse_loss(pred, target, *, reduction="mean"):
     2.5
     """
     reduction = checks.reduction(reduction)
-    backend = _backend(pred=pred, target=target)
     pi, ti = _mse_inputs(pred, target, backend)
     xp = pi.xp
     each = xp.empty((pi.n, pi.c), dtype=pi.cdtype) if reduction == "none" else None
@@ -637,15 +693,16 @@ def mse_loss(pred, target, *, reduction="mean"):
     each_rows = arrays.rows_struct(each) if each is not None else _core.Rows()
     _core.mse_forward(pi.struct(), ti.struct(), stats, each_rows, backend.launch())
     if reduction == "none":
-        return each.reshape(pi.moved_shape)
+        return pi.to_caller(each.reshape(pi.moved_shape))
     total = sums.sum(dtype=np.float64)
     if reduction == "mean":
         count = pi.n * pi.c
         total = total / count if count else total * 0.0
-    return xp.asarray(total, dtype=pi.cdtype)
+    return pi.to_caller(xp.asarray(total, dtype=pi.cdtype))
 
 
-def mse_loss_backward(grad_loss, pred, target, *, reduction="mean", out=None):
+@_runs_where("pred", "target", "out", "grad_loss")
+def mse_loss_backward(backend, grad_loss, pred, target, *, reduction="mean", out=None):
     """Gradient of :func:`mse_loss` with respect to ``pred``: ``2 (pred - target) g``.
 
     ``grad_loss`` is a scalar for "sum"/"mean" (divided by the element count for "mean"),
@@ -658,7 +715,6 @@ def mse_loss_backward(grad_loss, pred, target, *, reduction="mean", out=None):
     array([1., 2.])
     """
     reduction = checks.reduction(reduction)
-    backend = _backend(pred=pred, target=target, out=out, grad_loss=grad_loss)
     pi, ti = _mse_inputs(pred, target, backend)
     xp = pi.xp
     grad_each = _core.Rows()
@@ -666,7 +722,7 @@ def mse_loss_backward(grad_loss, pred, target, *, reduction="mean", out=None):
     if reduction == "none" and getattr(grad_loss, "ndim", 0) > 0:
         g = arrays.as_array(grad_loss, backend, "grad_loss")
         checks.same_shape(g, pi.array.shape, "grad_loss", "the elementwise loss of reduction='none'")
-        keep = pi.like(g.astype(pi.dtype, copy=False), "grad_loss")
+        keep = pi.like(grad_loss if pi.bf16 else g.astype(pi.storage_dtype, copy=False), "grad_loss")
         grad_each = keep.struct()
         factors, stride = xp.ones(1, dtype=pi.cdtype), 0
     else:
