@@ -177,7 +177,7 @@ def as_array(a: Any, backend: Backend, name: str):
 def pointer(a) -> int:
     """The address of an array's first element (numpy or cupy)."""
     if isinstance(a, np.ndarray):
-        return a.ctypes.data if a.size else 0
+        return a.__array_interface__["data"][0] if a.size else 0
     return int(a.data.ptr) if a.size else 0
 
 
@@ -217,7 +217,7 @@ def class_rows(x, axis: int, xp, *, writable_view: bool = False):
     Returns ``(rows2d, moved_shape, copied)``; ``copied`` says whether ``rows2d`` is a fresh
     copy rather than a view of ``x`` (then writes to it do not reach ``x``).
     """
-    moved = xp.moveaxis(x, axis, -1)
+    moved = x if axis in (-1, x.ndim - 1) else xp.moveaxis(x, axis, -1)
     rows2d = _flat_rows(moved, xp)
     if rows2d is not None and _usable(rows2d, xp):
         return rows2d, moved.shape, False

@@ -111,7 +111,9 @@ class _Output:
 
     def result(self):
         inp, xp = self.inp, self.inp.xp
-        full = xp.moveaxis(self.rows.reshape(inp.moved_shape), -1, inp.axis)
+        full = self.rows.reshape(inp.moved_shape)
+        if inp.axis != full.ndim - 1:
+            full = xp.moveaxis(full, -1, inp.axis)
         if self.copy_back:
             xp.copyto(self.target, full, casting="unsafe")
         if self.caller_result is not None:  # out= or inplace: the caller's own object
@@ -207,23 +209,35 @@ def _options(weight, ignore_index, label_smoothing):
 
 
 def _denominator(reduction, target: _Target, weight, inp: _Input):
-    """What "mean" divides by: the weight of the counted rows (their number for probabilities)."""
+    """What "mean" divides by: the weight of the counted rows (their number for probabilities).
+
+    A Python float on the host; a 0-d device array on a GPU, so that no value has to come
+    back to the host (the call stays free of synchronisation and CUDA-graph capturable).
+    """
     if reduction != "mean":
         return None
     if target.probs is not None or (weight is None and target.none_ignored):
-        return inp.xp.asarray(float(inp.n), dtype=np.float64)
-    return target.row_weights(weight, inp).sum(dtype=np.float64)
+        total = float(inp.n)
+        return total if inp.xp is np else inp.xp.asarray(total, dtype=np.float64)
+    total = target.row_weights(weight, inp).sum(dtype=np.float64)
+    return float(total) if inp.xp is np else total
+
+
+def _divide(value, denom, xp):
+    """value / denom, and 0 where denom is 0: "mean" over zero total weight is 0, not NaN
+    (a documented difference from PyTorch)."""
+    if xp is np:
+        return value / denom if denom != 0 else 0.0 * value
+    return xp.where(denom != 0, value / xp.where(denom != 0, denom, 1.0), 0.0)
 
 
 def _reduce(losses, reduction, denom, inp: _Input):
-    xp = inp.xp
     if reduction == "none":
         return losses.reshape(inp.row_shape)
     total = losses.sum(dtype=np.float64)
     if reduction == "mean":
-        # Zero total weight (all rows ignored, or no rows) gives 0, not NaN: a documented choice.
-        total = xp.where(denom != 0, total / xp.where(denom != 0, denom, 1.0), 0.0)
-    return xp.asarray(total, dtype=inp.cdtype)
+        total = _divide(total, denom, inp.xp)
+    return inp.xp.asarray(total, dtype=inp.cdtype)
 
 
 def _grad_factors(grad_loss, reduction, denom, inp: _Input, row_shape):
@@ -234,9 +248,12 @@ def _grad_factors(grad_loss, reduction, denom, inp: _Input, row_shape):
         checks.same_shape(g, row_shape, "grad_loss", "the per-row loss of reduction='none'")
         return arrays.flat_vector(g, xp, cdtype), 1
     g = checks.scalar_grad(grad_loss)
-    g = xp.asarray(g, dtype=np.float64).reshape(())
+    if xp is np:
+        g = float(np.asarray(g).reshape(()))
+    else:
+        g = xp.asarray(g, dtype=np.float64).reshape(())
     if reduction == "mean":
-        g = xp.where(denom != 0, g / xp.where(denom != 0, denom, 1.0), 0.0)
+        g = _divide(g, denom, xp)
     return xp.asarray(g, dtype=cdtype).reshape(1), 0
 
 
@@ -248,12 +265,18 @@ def _runs_where(*array_params):
     def wrap(func):
         sig = inspect.signature(func)
         public = sig.replace(parameters=list(sig.parameters.values())[1:])
+        positional = [p.name for p in public.parameters.values()
+                      if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        by_position = [(i, name) for i, name in enumerate(positional) if name in array_params]
+        by_keyword = [name for name in array_params if name not in positional]
 
         @functools.wraps(func)
         def op(*args, **kwargs):
-            bound = public.bind(*args, **kwargs)  # TypeError naming an unknown keyword
-            backend = arrays.backend_of({p: bound.arguments.get(p) for p in array_params})
-            with backend.activate():
+            named = {name: args[i] for i, name in by_position if i < len(args)}
+            for name in by_keyword + [n for _, n in by_position if n in kwargs]:
+                named[name] = kwargs.get(name)
+            backend = arrays.backend_of(named)
+            with backend.activate():  # unknown keywords raise TypeError in the call below
                 return func(backend, *args, **kwargs)
 
         op.__signature__ = public
