@@ -188,11 +188,12 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
   const V one_hot = g * V::set1(1 - eps) * wt;
   const V zero = V::set1(0), one = V::set1(1), ignored = V::load(lane_ignored);
   T* d = row_ptr<T>(*dx, r);
+  const int64_t ds = dx->row_stride;  // a local, so the lane offsets stay out of the loop
   for (int64_t c = 0; c < C; ++c) {
     const V sub = has_w ? b * V::set1(ce.w[c]) : b;
     const V hot = V::select_eq(t, V::set1(static_cast<T>(c)), one_hot, zero);
     // Ignored rows get exactly 0, even where their logits are NaN.
-    V::select_eq(ignored, one, zero, e[c] * a - sub - hot).scatter(d + c, dx->row_stride);
+    V::select_eq(ignored, one, zero, e[c] * a - sub - hot).scatter(d + c, ds);
   }
 }
 

@@ -25,9 +25,10 @@ void softmax_forward_block(const Rows& x, const Rows& y, bool log, int64_t r) {
   const int64_t C = x.cols;
   const T* xr = row_ptr<T>(x, r);
   T* yr = row_ptr<T>(y, r);
+  const int64_t xs = x.row_stride, ys = y.row_stride;  // locals: lane offsets stay out of loops
   V xc[kSmallSoftmax];
   V m = V::set1(neg_inf<T>()), sum = V::set1(0);
-  for (int64_t c = 0; c < C; ++c) m = V::max(m, xc[c] = V::gather(xr + c, x.row_stride));
+  for (int64_t c = 0; c < C; ++c) m = V::max(m, xc[c] = V::gather(xr + c, xs));
   for (int64_t c = 0; c < C; ++c) {
     const V e = vexp(xc[c] - m);
     sum = sum + e;
@@ -35,10 +36,10 @@ void softmax_forward_block(const Rows& x, const Rows& y, bool log, int64_t r) {
   }
   if (log) {
     const V lse = m + vlog(sum);
-    for (int64_t c = 0; c < C; ++c) (xc[c] - lse).scatter(yr + c, y.row_stride);
+    for (int64_t c = 0; c < C; ++c) (xc[c] - lse).scatter(yr + c, ys);
   } else {
     const V inv = V::set1(1) / sum;
-    for (int64_t c = 0; c < C; ++c) (xc[c] * inv).scatter(yr + c, y.row_stride);
+    for (int64_t c = 0; c < C; ++c) (xc[c] * inv).scatter(yr + c, ys);
   }
 }
 
@@ -48,16 +49,17 @@ void softmax_backward_block(const Rows& grad, const Rows& y, const Rows& dx, boo
   const T* g = row_ptr<T>(grad, r);
   const T* yr = row_ptr<T>(y, r);
   T* d = row_ptr<T>(dx, r);
+  const int64_t gs = grad.row_stride, ys = y.row_stride, ds = dx.row_stride;
   V gc[kSmallSoftmax], yc[kSmallSoftmax];
   V acc = V::set1(0);
   for (int64_t c = 0; c < C; ++c) {
-    gc[c] = V::gather(g + c, grad.row_stride);
-    yc[c] = V::gather(yr + c, y.row_stride);
+    gc[c] = V::gather(g + c, gs);
+    yc[c] = V::gather(yr + c, ys);
     acc = log ? acc + gc[c] : V::fma(gc[c], yc[c], acc);
   }
   for (int64_t c = 0; c < C; ++c) {
     const V v = log ? gc[c] - vexp(yc[c]) * acc : yc[c] * (gc[c] - acc);
-    v.scatter(d + c, dx.row_stride);
+    v.scatter(d + c, ds);
   }
 }
 
