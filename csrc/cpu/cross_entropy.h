@@ -227,8 +227,9 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
     RowSummary<T> s;
     with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
       constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
-      if (row.dot) s = summarise_row<V, false, true, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr);
-      else s = summarise_row<V, false, false, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr);
+      const bool argmax = stats.argmax != 0;
+      if (row.dot) s = summarise_row<V, false, true, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr, argmax);
+      else s = summarise_row<V, false, false, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr, argmax);
     });
     ce.write_stats(r, row, s);
   }
@@ -269,10 +270,12 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         gradient_from_lse<V, HasQ, HasW>(row.x, row.d, C, s.lse, A, k);
       } else {
         T* e = scratch ? scratch : row.d;
-        if (row.dot) s = summarise_row<V, true, true, HasQ, HasW>(row.x, C, row.k, e, chunk_max);
-        else s = summarise_row<V, true, false, HasQ, HasW>(row.x, C, row.k, e, chunk_max);
+        const bool argmax = stats.argmax != 0;
+        if (row.dot) s = summarise_row<V, true, true, HasQ, HasW>(row.x, C, row.k, e, chunk_max, argmax);
+        else s = summarise_row<V, true, false, HasQ, HasW>(row.x, C, row.k, e, chunk_max, argmax);
         const T A = ce.gradient_terms(row, s, k);
-        if (stream) finish_from_exps<V, HasQ, HasW, true>(row.d, e, C, chunk_max, s.lse, A, k);
+        const T* next = r + 1 < r1 ? row.x + logits.row_stride : nullptr;
+        if (stream) finish_from_exps<V, HasQ, HasW, true>(row.d, e, C, chunk_max, s.lse, A, k, next);
         else finish_from_exps<V, HasQ, HasW, false>(row.d, e, C, chunk_max, s.lse, A, k);
       }
       if (row.ignored()) fill(row.d, C, T(0));  // exactly 0, even where the logits are NaN

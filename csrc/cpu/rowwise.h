@@ -219,9 +219,13 @@ struct RowSummary {
 // exp(x - running max) to e (which may alias x) and each chunk's running max to chunk_max.
 template <class V, bool Store, bool Dot, bool HasQ, bool HasW, class T = typename V::T>
 RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>& k,
-                            NoDeduce<T>* e, NoDeduce<T>* chunk_max) {
+                            NoDeduce<T>* e, NoDeduce<T>* chunk_max, bool want_argmax = false) {
   RowSummary<T> s;
   const int64_t len = chunk_length(cols);
+  // argmax: remember the chunk where the max last grew and search it once at the end, unless
+  // this sweep overwrites x (e == x), in which case search each such chunk right away.
+  const bool search_now = want_argmax && Store && e == x;
+  int64_t max_chunk_start = 0;
   for (int64_t c0 = 0, chunk = 0; c0 < cols; c0 += len, ++chunk) {
     const int64_t n = min_i64(len, cols - c0);
     if constexpr (Dot) {
@@ -234,7 +238,8 @@ RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>
     if (cm > s.max) {
       s.sum *= scalar_exp(s.max - cm);
       s.max = cm;
-      s.argmax = c0 + first_index_of(x + c0, n, cm);
+      max_chunk_start = c0;
+      if (search_now) s.argmax = c0 + first_index_of(x + c0, n, cm);
     }
     if (s.max == neg_inf<T>()) {  // every value so far is -inf: each contributes exp(-inf) = 0
       if constexpr (Store) fill(e + c0, n, T(0));
@@ -244,7 +249,9 @@ RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>
     if constexpr (Store) chunk_max[chunk] = s.max;
   }
   s.lse = s.max + scalar_log(s.sum);
-  if (is_nan(s.lse)) s.argmax = argmax_of(x, cols);  // NaN or +inf in the row: rare, rescan
+  if (want_argmax && !search_now)
+    s.argmax = max_chunk_start + first_index_of(x + max_chunk_start, min_i64(len, cols - max_chunk_start), s.max);
+  if (want_argmax && is_nan(s.lse)) s.argmax = argmax_of(x, cols);  // NaN or +inf: rare, rescan
   return s;
 }
 
@@ -261,9 +268,12 @@ inline bool stream_output(const Rows& out) {
 // The second sweep after a Store sweep: e holds exp(x - chunk max) (in the thread's scratch
 // row, still in cache); write d_c = scale * exp(x_c - lse) - (alpha q_c + beta) w_c, with
 // streaming stores when Stream (d need not be aligned: the unaligned head goes one by one).
+//
+// `next`, when given, is the next row of logits: it is prefetched into the cache while this
+// sweep streams its writes, so that reads and writes overlap instead of alternating.
 template <class V, bool HasQ, bool HasW, bool Stream, class T = typename V::T>
 void finish_from_exps(T* d, const T* e, int64_t cols, const T* chunk_max, T lse, T scale,
-                      const ClassCoefficients<T>& k) {
+                      const ClassCoefficients<T>& k, const T* next = nullptr) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
   const int64_t len = chunk_length(cols);
@@ -276,6 +286,7 @@ void finish_from_exps(T* d, const T* e, int64_t cols, const T* chunk_max, T lse,
       for (; i < end && reinterpret_cast<std::uintptr_t>(d + i) % sizeof(V) != 0; ++i)
         d[i] = e[i] * s - coefficient<S, HasQ, HasW>(k, i).v;
     for (; i + W <= end; i += W) {
+      if (next) __builtin_prefetch(next + i, 0, 2);
       const V v = V::load(e + i) * vs - coefficient<V, HasQ, HasW>(k, i);
       if constexpr (Stream) v.stream(d + i);
       else v.store(d + i);

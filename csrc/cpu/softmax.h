@@ -89,7 +89,8 @@ void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, in
     if (!log) {
       T* e = scratch ? scratch : yr;
       const auto s = summarise_row<V, true, false, false, false>(xr, C, none, e, chunk_max);
-      if (stream) finish_from_exps<V, false, false, true>(yr, e, C, chunk_max, s.lse, T(1), none);
+      const T* next = r + 1 < r1 ? xr + x.row_stride : nullptr;
+      if (stream) finish_from_exps<V, false, false, true>(yr, e, C, chunk_max, s.lse, T(1), none, next);
       else finish_from_exps<V, false, false, false>(yr, e, C, chunk_max, s.lse, T(1), none);
       continue;
     }
