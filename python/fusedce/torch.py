@@ -15,9 +15,9 @@ target, and the argument names and defaults are PyTorch's:
 
 Each is a ``torch.autograd.Function`` whose backward runs fusedce's kernels. CPU tensors
 reach the kernels as NumPy views of their storage (no copy); CUDA tensors go through
-DLPack (no copy) on PyTorch's current stream. bfloat16 tensors, which neither NumPy nor
-CuPy can hold, are converted to float32 and the results cast back; float16 is handed over as is
-(the kernels compute in float32). Losses come back in the input's dtype, as in PyTorch.
+DLPack (no copy) on PyTorch's current stream, bfloat16 and float16 included (the CUDA
+kernels compute in float32). On the CPU, bfloat16 tensors, which NumPy cannot hold, are
+converted to float32 and the results cast back; float16 is handed over as is. Losses come back in the input's dtype, as in PyTorch.
 
 Differences from PyTorch, all inherited from fusedce (see docs/api.md): a ``"mean"`` over a
 zero total weight (every target ignored, empty batch) is 0.0 with a zero gradient rather
@@ -74,6 +74,10 @@ class _Host:
         return t.numpy()
 
     @staticmethod
+    def array_dtype(dtype):
+        return _array_dtype(dtype)
+
+    @staticmethod
     def tensor(a):
         a = np.asarray(a)
         if not a.flags.writeable:  # torch.from_numpy warns on read-only arrays
@@ -127,23 +131,25 @@ class _Cuda:
         return False
 
     def array(self, t, dtype=None):
+        # fusedce takes CUDA tensors as they are (bfloat16 included: its array layer reads
+        # their storage) and runs on PyTorch's current stream; results come back as tensors.
         t = t.detach()
         if dtype is not None and t.dtype != dtype:
             t = t.to(dtype)
         if t.is_conj() or t.is_neg():
             t = t.resolve_conj().resolve_neg()
-        if t.dtype == torch.bfloat16:
-            # CuPy has no bfloat16 dtype, so fusedce's array layer cannot take one: compute
-            # via float32 (an extra conversion pass; the results are cast back).
-            t = t.float()
-        return self._cupy.from_dlpack(t)
+        return t
+
+    @staticmethod
+    def array_dtype(dtype):
+        return dtype
 
     @staticmethod
     def tensor(a):
-        return torch.from_dlpack(a)
+        return a if isinstance(a, torch.Tensor) else torch.from_dlpack(a)
 
     def write_back(self, dst, src_array):
-        src = torch.from_dlpack(src_array)
+        src = self.tensor(src_array)
         if src.data_ptr() != dst.data_ptr() or src.stride() != dst.stride():
             dst.detach().copy_(src)
 
@@ -162,7 +168,7 @@ def _compute_dtype(dtype):
 
 
 def _array_dtype(dtype):
-    """The dtype a tensor of `dtype` is handed to fusedce in (NumPy/CuPy have no bfloat16)."""
+    """The dtype a CPU tensor of `dtype` is handed to fusedce in (NumPy has no bfloat16)."""
     return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
@@ -271,8 +277,8 @@ class _CrossEntropy(torch.autograd.Function):
         with _arrays_for(input) as io:
             x = io.array(x_t)
             # a probability target travels in the dtype of the logits' array (float32 for
-            # bfloat16, which the array layers cannot hold)
-            t = io.array(t_t) if index_target else io.array(t_t, dtype=_array_dtype(x_t.dtype))
+            # bfloat16 on the CPU, which NumPy cannot hold)
+            t = io.array(t_t) if index_target else io.array(t_t, dtype=io.array_dtype(x_t.dtype))
             w = None if weight is None else io.array(weight, dtype=cdt)
             kw = dict(weight=w, axis=1, **opts)
             if not want_grad:
