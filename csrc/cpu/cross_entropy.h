@@ -128,7 +128,7 @@ struct CeContext {
 // ---- Few classes (C <= kSmallClasses), class-index targets ------------------------------
 // One row per SIMD lane: W rows are gathered class by class, so max, exp and sums run across
 // rows and the per-row overhead (horizontal reductions, chunk logic) disappears.
-constexpr int64_t kSmallClasses = 32;
+constexpr int64_t kSmallClasses = 48;
 
 template <class V, class T = typename V::T>
 void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx) {

@@ -255,14 +255,17 @@ RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>
   return s;
 }
 
-// Outputs larger than this are written with streaming (non-temporal) stores: they will not
-// be read again soon, and a streaming store skips reading each line before writing it, which
-// would otherwise add a third of a copy's memory traffic.
+// Large outputs with long rows are written with streaming (non-temporal) stores: they will
+// not be read again soon, and a streaming store skips reading each line before writing it,
+// which would otherwise add a third of a copy's memory traffic. Short rows are not: their
+// partial cache lines at both ends would each cost a read-modify-write in memory.
 constexpr int64_t kStreamBytes = int64_t(16) << 20;
+constexpr int64_t kStreamRowBytes = int64_t(16) << 10;
 
 template <class T>
 inline bool stream_output(const Rows& out) {
-  return out.rows * out.cols * static_cast<int64_t>(sizeof(T)) >= kStreamBytes;
+  const int64_t row_bytes = out.cols * static_cast<int64_t>(sizeof(T));
+  return row_bytes >= kStreamRowBytes && out.rows * row_bytes >= kStreamBytes;
 }
 
 // The second sweep after a Store sweep: e holds exp(x - chunk max) (in the thread's scratch
