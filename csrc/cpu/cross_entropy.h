@@ -235,9 +235,10 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
   }
 }
 
-// Loss and gradient. Sweep 1 reads the row and leaves exp(x - running max) in the gradient
-// row; sweep 2 rescales it in place (still in cache) and subtracts the target terms. With
-// stats.lse_is_input (a backward given the forward's lse), a single sweep suffices.
+// Loss and gradient. Sweep 1 reads the row and leaves exp(x - running max) in a scratch row;
+// sweep 2 rescales that (still in cache) into the gradient and subtracts the target terms,
+// so the gradient row is written once. With stats.lse_is_input (a backward given the
+// forward's lse), a single sweep suffices.
 template <class V, class T = typename V::T>
 void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                   const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1) {
