@@ -1,0 +1,746 @@
+#!/usr/bin/env python3
+"""CPU benchmark of fusedce against the memory floor, PyTorch and the NumPy reference.
+
+    python bench/cpu.py                  # default shapes, 1 thread and all cores
+    python bench/cpu.py --quick          # a few seconds: small shapes (smoke test / demo)
+    python bench/cpu.py --shapes 8192x32000 --threads 1
+    python bench/cpu.py --plot fusion.png --out table.md --json raw.json
+
+Prints markdown tables on stdout; progress goes to stderr. For every shape (float32
+logits N x C, int64 class targets, reduction="mean") and every thread count it times:
+
+  floors     copy: np.copyto of the logits into a preallocated, already-touched buffer
+             (read + write of N x C: the bytes a forward+backward must move);
+             read: x.max(), one streaming read of the logits (NumPy's SIMD max reaches
+             memory bandwidth here; sum/add.reduce are compute-bound on one core).
+             At t > 1 threads each floor is also run on t Python threads, one contiguous
+             chunk each (NumPy releases the GIL), and the faster of the two is the floor.
+  fused      fusedce.cross_entropy (forward only);
+             fusedce.cross_entropy_with_grad(out=preallocated) and (inplace=True on a
+             scratch copy refreshed from the logits before each repetition, untimed).
+  unfused    our own kernels one after the other: log_softmax(out=) -> nll_loss for
+             the forward; then nll_loss_backward(out=) -> log_softmax_backward(out=).
+  torch      F.cross_entropy forward (no_grad) and forward + torch.autograd.grad
+             (torch optional: its columns are skipped when it does not import).
+  numpy      fusedce.reference.cross_entropy_with_grad (float64 NumPy, single-threaded;
+             one repetition on big shapes; skipped above --ref-max-elems unless --all).
+
+Each time is the median of an adaptive number of repetitions (>= 3, ~0.3 s in total)
+after a warm-up call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import (  # noqa: E402
+    OtherLoad,
+    Progress,
+    cpu_model,
+    fmt_ms,
+    fmt_ratio,
+    last_level_cache_bytes,
+    measure,
+    usable_cores,
+)
+
+DEFAULT_SHAPES = "4096x1000,8192x32000,1024x128256,65536x10,512x262144"
+QUICK_SHAPES = "2048x1000,8192x10"
+PLOT_CLASSES = (10, 100, 1000, 10000, 32000, 128256)
+
+# Names of the timed operations, in table order.
+FLOOR_COPY, FLOOR_READ = "copy", "read"
+FUSED_FWD, FUSED_FB, FUSED_FB_INPLACE = "fused_fwd", "fused_fwdbwd", "fused_fwdbwd_inplace"
+UNFUSED_FWD, UNFUSED_FB = "unfused_fwd", "unfused_fwdbwd"
+TORCH_FWD, TORCH_FB = "torch_fwd", "torch_fwdbwd"
+NUMPY_FB = "numpy_fwdbwd"
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def parse_shapes(text):
+    shapes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        try:
+            n, c = (int(v) for v in item.split("x"))
+        except ValueError:
+            raise SystemExit(f"--shapes: cannot read {item!r}; expected NxC, e.g. 8192x32000")
+        if n < 1 or c < 1:
+            raise SystemExit(f"--shapes: {item!r} must have N >= 1 and C >= 1")
+        shapes.append((n, c))
+    if not shapes:
+        raise SystemExit("--shapes: no shape given")
+    return shapes
+
+
+def parse_threads(text, cores):
+    if text is None:
+        return [1, cores] if cores > 1 else [1]
+    out = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        t = cores if item in ("all", "max") else int(item)
+        if t < 1:
+            raise SystemExit("--threads: thread counts must be >= 1")
+        if t not in out:
+            out.append(t)
+    return out
+
+
+def import_torch(enabled):
+    if not enabled:
+        return None, None
+    try:
+        import torch
+        import torch.nn.functional as F
+    except Exception as exc:  # torch is optional; any import failure means "no torch"
+        sys.stderr.write(f"torch not available ({type(exc).__name__}: {exc}); "
+                         "skipping PyTorch columns\n")
+        return None, None
+    return torch, F
+
+
+def make_inputs(n, c, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c), dtype=np.float32)
+    x *= 3.0
+    target = rng.integers(0, c, size=n, dtype=np.int64)
+    return x, target
+
+
+def touched_like(x):
+    """A preallocated buffer shaped like x whose pages are already mapped."""
+    buf = np.empty_like(x)
+    np.copyto(buf, x)
+    return buf
+
+
+class Floors:
+    """Copy and read floors run on t Python threads over contiguous chunks."""
+
+    def __init__(self, threads):
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def _chunks(self, a):
+        flat = a.reshape(-1)
+        return np.array_split(flat, self.threads) if self.threads > 1 else [flat]
+
+    def copy_fn(self, src, dst):
+        if self.pool is None:
+            return lambda: np.copyto(dst, src)
+        pairs = list(zip(self._chunks(src), self._chunks(dst)))
+        pool = self.pool
+
+        def run():
+            list(pool.map(lambda p: np.copyto(p[1], p[0]), pairs))
+        return run
+
+    def read_fn(self, src):
+        if self.pool is None:
+            return lambda: src.max()
+        parts = [p for p in self._chunks(src) if p.size]
+        pool = self.pool
+
+        def run():
+            return max(pool.map(lambda p: p.max(), parts))
+        return run
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class Runner:
+    def __init__(self, args, fc, torch, F, progress):
+        self.args = args
+        self.fc = fc
+        self.torch = torch
+        self.F = F
+        self.progress = progress
+        self.records = []  # raw results for --json
+        self.context = {}  # shape and threads of what is being timed, for the records
+        self.noisy = set()  # (shape, threads, op) timed while other processes were busy
+
+    def timed(self, label, key, fn, **kw):
+        """Measure fn; store and report it. Returns median ms, or None on failure."""
+        opts = dict(min_time=self.args.min_time, min_reps=self.args.min_reps)
+        if self.args.reps is not None:
+            opts["reps"] = self.args.reps
+        opts.update(kw)
+        probe = OtherLoad()
+        probe.start()
+        try:
+            m = measure(fn, **opts)
+        except MemoryError:
+            self.progress(f"{label} {key}: out of memory, skipped")
+            return None
+        except Exception as exc:  # keep going: one broken op must not end a long run
+            self.progress(f"{label} {key}: FAILED ({type(exc).__name__}: {exc})")
+            self.records.append(dict(self.context, op=key, error=f"{type(exc).__name__}: {exc}"))
+            return None
+        other = probe.stop()
+        busy = other is not None and other > self.args.max_other_load
+        note = f"  [other processes used {other:.2f} cores: noisy]" if busy else ""
+        self.progress(f"{label} {key:<22} {fmt_ms(m.median_ms):>9} ms  ({m.reps} reps){note}")
+        self.records.append(dict(self.context, op=key, other_load_cores=other, **m.as_dict()))
+        if busy:
+            self.noisy.add((tuple(self.context.get("shape", ())), self.context.get("threads"),
+                            key))
+        return m.median_ms
+
+    # One (shape, threads) setting: every op except the NumPy reference. With sweep=True
+    # (the --plot sweep) only the floors and the forward+backward ops.
+    def run_setting(self, x, target, bufs, threads, label, sweep=False, check=True):
+        fc, torch, F = self.fc, self.torch, self.F
+        out, scratch, dlogp = bufs
+        res = {}
+        fc.set_num_threads(threads)
+        if torch is not None:
+            torch.set_num_threads(threads)
+
+        # The floor for t threads is the faster of the copy (read) on one thread and on t
+        # threads: for small arrays the thread hand-off costs more than it saves.
+        floor_ops = [(FLOOR_COPY, lambda fl: fl.copy_fn(x, out))]
+        if not sweep:
+            floor_ops.append((FLOOR_READ, lambda fl: fl.read_fn(x)))
+        for key, make in floor_ops:
+            best = None
+            for ft in sorted({1, threads}):
+                floors = Floors(ft)
+                try:
+                    ms = self.timed(label, f"{key} ({ft} thr)", make(floors))
+                finally:
+                    floors.close()
+                if ms is not None and (best is None or ms < best):
+                    best = ms
+            res[key] = best
+
+        if sweep:
+            res[FUSED_FB] = self.timed(
+                label, FUSED_FB, lambda: fc.cross_entropy_with_grad(x, target, out=out))
+            if not self.args.no_unfused:
+                res[UNFUSED_FB] = self.timed(label, UNFUSED_FB, self._unfused(x, target, bufs))
+            if torch is not None:
+                res[TORCH_FB] = self.timed(label, TORCH_FB, self._torch_fb(x, target))
+            return res
+
+        res[FUSED_FWD] = self.timed(label, FUSED_FWD, lambda: fc.cross_entropy(x, target))
+        res[FUSED_FB] = self.timed(
+            label, FUSED_FB, lambda: fc.cross_entropy_with_grad(x, target, out=out))
+        if not self.args.no_inplace:
+            res[FUSED_FB_INPLACE] = self.timed(
+                label, FUSED_FB_INPLACE,
+                lambda: fc.cross_entropy_with_grad(scratch, target, inplace=True),
+                setup=lambda: np.copyto(scratch, x))
+
+        if not self.args.no_unfused:
+            res[UNFUSED_FWD] = self.timed(label, UNFUSED_FWD,
+                                          self._unfused(x, target, bufs, backward=False))
+            res[UNFUSED_FB] = self.timed(label, UNFUSED_FB, self._unfused(x, target, bufs))
+
+        if torch is not None:
+            xt = torch.from_numpy(x)
+            tt = torch.from_numpy(target)
+
+            def torch_fwd():
+                with torch.no_grad():
+                    return F.cross_entropy(xt, tt)
+
+            res[TORCH_FWD] = self.timed(label, TORCH_FWD, torch_fwd)
+            res[TORCH_FB] = self.timed(label, TORCH_FB, self._torch_fb(x, target))
+            del xt, tt
+
+        if check and not self.args.no_check:
+            self.check(x, target, bufs, label)
+        return res
+
+    def _unfused(self, x, target, bufs, backward=True):
+        """Our own kernels one after the other, into preallocated buffers."""
+        fc = self.fc
+        out, logp, dlogp = bufs
+
+        def forward():
+            fc.log_softmax(x, out=logp)
+            return fc.nll_loss(logp, target)
+
+        def forward_backward():
+            fc.log_softmax(x, out=logp)
+            loss = fc.nll_loss(logp, target)
+            fc.nll_loss_backward(1.0, logp, target, out=dlogp)
+            fc.log_softmax_backward(dlogp, logp, out=out)
+            return loss
+
+        return forward_backward if backward else forward
+
+    def _torch_fb(self, x, target):
+        """PyTorch forward + backward: F.cross_entropy, then autograd.grad (a fresh
+        gradient each time, as after zero_grad(set_to_none=True))."""
+        torch, F = self.torch, self.F
+        xg = torch.from_numpy(x).requires_grad_(True)
+        tt = torch.from_numpy(target)
+
+        def run():
+            loss = F.cross_entropy(xg, tt)
+            (grad,) = torch.autograd.grad(loss, xg)
+            return grad
+
+        return run
+
+    def check(self, x, target, bufs, label):
+        """Cheap sanity check that every path computes the same loss and gradient."""
+        fc, torch, F = self.fc, self.torch, self.F
+        out, scratch, dlogp = bufs
+        try:
+            # unfused: logp in scratch, dlogp, gradient in out; then fused gradient over dlogp
+            fc.log_softmax(x, out=scratch)
+            loss_u = fc.nll_loss(scratch, target)
+            fc.nll_loss_backward(1.0, scratch, target, out=dlogp)
+            fc.log_softmax_backward(dlogp, scratch, out=out)
+            loss_f, _ = fc.cross_entropy_with_grad(x, target, out=dlogp)
+            # gradient entries are O(1/N) for reduction="mean": scale the difference by N;
+            # compare at most ~4096 rows spread over the batch (no N x C temporary)
+            step = max(1, x.shape[0] // 4096)
+            grad_rel = float(np.max(np.abs(out[::step] - dlogp[::step]))) * x.shape[0]
+            losses = {"fused": float(loss_f), "unfused": float(loss_u)}
+            if torch is not None:
+                with torch.no_grad():
+                    losses["torch"] = float(F.cross_entropy(torch.from_numpy(x),
+                                                            torch.from_numpy(target)))
+        except Exception as exc:
+            self.progress(f"{label} check FAILED ({type(exc).__name__}: {exc})")
+            return
+        ref = losses["fused"]
+        bad = [k for k, v in losses.items() if not abs(v - ref) <= 1e-4 * max(1.0, abs(ref))]
+        if grad_rel > 1e-3:
+            bad.append("gradient")
+        msg = ", ".join(f"{k} {v:.6f}" for k, v in losses.items())
+        status = "MISMATCH in " + ", ".join(bad) if bad else "ok"
+        self.progress(f"{label} check {status}: loss {msg}; "
+                      f"max |grad fused - unfused| * N = {grad_rel:.2e}")
+        self.records.append(dict(self.context, op="check", losses=losses,
+                                 grad_maxdiff_times_n=grad_rel, ok=not bad))
+
+    def run_reference(self, x, target, label):
+        ref = self.fc.reference
+        return self.timed(label, NUMPY_FB,
+                          lambda: ref.cross_entropy_with_grad(x, target),
+                          warmup=0, min_reps=1, min_time=self.args.min_time)
+
+
+def run_shapes(runner, shapes, threads_list, args):
+    """All shapes x thread counts. Returns {(n, c): {threads: {op: ms}}}."""
+    results = {}
+    progress = runner.progress
+    for si, (n, c) in enumerate(shapes, 1):
+        label0 = f"({si}/{len(shapes)}) {n}x{c}"
+        progress(f"{label0}: generating {n * c * 4 / 2**20:.0f} MiB of logits")
+        x, target = make_inputs(n, c, args.seed)
+        bufs = (touched_like(x), touched_like(x), touched_like(x))
+        per_threads = {}
+        for t in threads_list:
+            runner.context = {"shape": [n, c], "threads": t}
+            # the agreement check runs once per shape, at the last thread count
+            per_threads[t] = runner.run_setting(x, target, bufs, t, f"{label0} t={t}",
+                                                check=(t == threads_list[-1]))
+        del bufs
+        gc.collect()
+        ref_ms = None
+        if args.no_reference:
+            pass
+        elif n * c > args.ref_max_elems and not args.all:
+            progress(f"{label0}: numpy reference skipped ({n * c:,} elements > "
+                     f"--ref-max-elems {args.ref_max_elems:,}; use --all)")
+        else:
+            runner.context = {"shape": [n, c], "threads": 1}
+            ref_ms = runner.run_reference(x, target, f"{label0} numpy")
+        for t in threads_list:
+            per_threads[t][NUMPY_FB] = ref_ms
+        results[(n, c)] = per_threads
+        del x, target
+        gc.collect()
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def ratio(a, b):
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def cell(ms, floor, noisy=False):
+    if ms is None:
+        return "-"
+    r = ratio(ms, floor)
+    text = f"{fmt_ms(ms)} ({fmt_ratio(r)})" if r is not None else fmt_ms(ms)
+    return text + "*" if noisy else text
+
+
+def noisy_test(noisy):
+    """is_noisy(n, c, threads, op): was that timing taken while other work ran?"""
+    def is_noisy(n, c, t, op):
+        for shape, threads, key in noisy:
+            if shape != (n, c) or (threads != t and op != NUMPY_FB):
+                continue
+            if key == op or key.startswith(op + " ("):
+                return True
+        return False
+    return is_noisy
+
+
+def shape_label(n, c):
+    mib = n * c * 4 / 2**20
+    size = f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB" if mib >= 1 else \
+        f"{mib * 1024:.0f} KiB"
+    return f"{n}x{c} ({size})"
+
+
+def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=()):
+    nz = noisy_test(noisy)
+    lines = []
+    add = lines.append
+    add("## fusedce CPU benchmark")
+    add("")
+    add(f"- machine: {meta['cpu']}, {meta['cores']} cores usable; "
+        f"fusedce {meta['fusedce']} (SIMD {meta['simd']}), numpy {meta['numpy']}"
+        + (f", torch {meta['torch']}" if has_torch else f", torch {meta['torch'] or 'absent'}"))
+    add("- float32 logits N x C (normal * 3), int64 targets, reduction=\"mean\"; "
+        "times in ms, median of repetitions")
+    add("")
+    add("### Forward (loss only): ms (time / one streaming read)")
+    add("")
+    head = ["shape", "threads", "read", "fused", "unfused (ours)"]
+    if has_torch:
+        head += ["torch", "fused vs torch"]
+    add("| " + " | ".join(head) + " |")
+    add("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+    for (n, c), per in results.items():
+        for t in threads_list:
+            r = per[t]
+            read = r.get(FLOOR_READ)
+            row = [shape_label(n, c), str(t), cell(read, None, nz(n, c, t, FLOOR_READ)),
+                   cell(r.get(FUSED_FWD), read, nz(n, c, t, FUSED_FWD)),
+                   cell(r.get(UNFUSED_FWD), read, nz(n, c, t, UNFUSED_FWD))]
+            if has_torch:
+                row += [cell(r.get(TORCH_FWD), read, nz(n, c, t, TORCH_FWD)),
+                        fmt_ratio(ratio(r.get(TORCH_FWD), r.get(FUSED_FWD)))]
+            add("| " + " | ".join(row) + " |")
+    add("")
+    add("### Forward + backward (loss and gradient): ms (time / copy of the logits)")
+    add("")
+    head = ["shape", "threads", "copy", "fused out=", "fused inplace", "unfused (ours)"]
+    if has_torch:
+        head.append("torch")
+    if has_ref:
+        head.append("numpy ref")
+    if has_torch:
+        head.append("fused vs torch")
+    if has_ref:
+        head.append("fused vs numpy")
+    add("| " + " | ".join(head) + " |")
+    add("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+    for (n, c), per in results.items():
+        for t in threads_list:
+            r = per[t]
+            copy = r.get(FLOOR_COPY)
+            row = [shape_label(n, c), str(t), cell(copy, None, nz(n, c, t, FLOOR_COPY))]
+            row += [cell(r.get(k), copy, nz(n, c, t, k))
+                    for k in (FUSED_FB, FUSED_FB_INPLACE, UNFUSED_FB)]
+            if has_torch:
+                row.append(cell(r.get(TORCH_FB), copy, nz(n, c, t, TORCH_FB)))
+            if has_ref:
+                row.append(cell(r.get(NUMPY_FB), copy, nz(n, c, t, NUMPY_FB)))
+            if has_torch:
+                row.append(fmt_ratio(ratio(r.get(TORCH_FB), r.get(FUSED_FB))))
+            if has_ref:
+                row.append(fmt_ratio(ratio(r.get(NUMPY_FB), r.get(FUSED_FB))))
+            add("| " + " | ".join(row) + " |")
+    add("")
+    add("Floors: copy = np.copyto into a touched buffer (read + write of N x C), "
+        "read = x.max(); at t threads each floor is the faster of 1 and t threads. "
+        "numpy ref = fusedce.reference (float64, single-threaded; '-' = skipped). "
+        "fused = cross_entropy / cross_entropy_with_grad(out=); "
+        "unfused = log_softmax -> nll_loss [-> nll_loss_backward -> log_softmax_backward].")
+    if noisy:
+        add("")
+        add(f"\\* other processes kept more than {meta['max_other_load']} cores busy during "
+            "this measurement: treat it as noisy.")
+
+    # Thread scaling of the fused forward+backward.
+    t_lo, t_hi = min(threads_list), max(threads_list)
+    if t_hi > t_lo:
+        parts = []
+        for (n, c), per in results.items():
+            s = ratio(per[t_lo].get(FUSED_FB), per[t_hi].get(FUSED_FB))
+            sc = ratio(per[t_lo].get(FLOOR_COPY), per[t_hi].get(FLOOR_COPY))
+            if s is not None:
+                parts.append(f"{n}x{c} {fmt_ratio(s)} (copy {fmt_ratio(sc)})")
+        add("")
+        add(f"Fused forward+backward, {t_hi} threads vs {t_lo}: " + "; ".join(parts) + ".")
+
+    targets = target_lines(results, threads_list, has_torch, cache_bytes)
+    if targets:
+        add("")
+        add("### Targets (issue 2, section 5)")
+        add("")
+        lines.extend(targets)
+    return "\n".join(lines) + "\n"
+
+
+def target_lines(results, threads_list, has_torch, cache_bytes):
+    """Pass/fail against the CPU targets, for the shapes that were measured."""
+    out = []
+
+    def verdict(ok):
+        return "met" if ok else "NOT met"
+
+    big = results.get((8192, 32000), {}).get(1)
+    if big:
+        r = ratio(big.get(FUSED_FB), big.get(FLOOR_COPY))
+        if r is not None:
+            out.append(f"- 8192x32000, 1 thread, fused fwd+bwd / copy = {r:.2f} "
+                       f"(target <= 1.5): {verdict(r <= 1.5)}")
+        r = ratio(big.get(FUSED_FWD), big.get(FLOOR_READ))
+        if r is not None:
+            out.append(f"- 8192x32000, 1 thread, fused fwd / read = {r:.2f} "
+                       f"(target <= 1.5): {verdict(r <= 1.5)}")
+        r = ratio(big.get(TORCH_FB), big.get(FUSED_FB))
+        if r is not None:
+            out.append(f"- 8192x32000, 1 thread, torch fwd+bwd / fused = {r:.1f} "
+                       f"(target >= 10): {verdict(r >= 10)}")
+    small = results.get((65536, 10), {}).get(1)
+    if small:
+        r = ratio(small.get(TORCH_FB), small.get(FUSED_FB))
+        if r is not None:
+            out.append(f"- 65536x10, 1 thread, torch fwd+bwd / fused = {r:.1f} "
+                       f"(target >= 20): {verdict(r >= 20)}")
+    t_hi = max(threads_list)
+    if t_hi > 1 and 1 in threads_list:
+        limit = cache_bytes or 0
+        for (n, c), per in results.items():
+            if n * c * 4 <= limit:
+                continue  # in cache: not one of the out-of-cache shapes the target names
+            s = ratio(per[1].get(FUSED_FB), per[t_hi].get(FUSED_FB))
+            if s is not None:
+                out.append(f"- {n}x{c}, fused fwd+bwd {t_hi} threads / 1 thread speed-up = "
+                           f"{s:.2f} (target >= 1.6): {verdict(s >= 1.6)}")
+    return out
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+def run_sweep(runner, args, threads):
+    """Fraction of copy bandwidth against C, at a fixed total size of the logits."""
+    fc, torch = runner.fc, runner.torch
+    total = int(args.plot_mb * 2**20)
+    classes = PLOT_CLASSES if not args.quick else (10, 100, 1000, 10000)
+    sweep = []
+    for c in classes:
+        n = max(1, total // (4 * c))
+        label = f"plot C={c} ({n}x{c}) t={threads}"
+        runner.progress(f"{label}: generating")
+        x, target = make_inputs(n, c, args.seed)
+        bufs = (touched_like(x), touched_like(x), touched_like(x))
+        runner.context = {"shape": [n, c], "threads": threads, "sweep": True}
+        res = runner.run_setting(x, target, bufs, threads, label, sweep=True)
+        del bufs
+        gc.collect()
+        res[NUMPY_FB] = None if args.no_reference else runner.run_reference(x, target, label)
+        sweep.append({"n": n, "c": c, **res})
+        del x, target
+        gc.collect()
+    return sweep
+
+
+def draw(sweep, path, meta, threads, plot_mb):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as exc:
+        sys.stderr.write(f"--plot: matplotlib not available ({exc}); no plot written\n")
+        return False
+    series = [
+        (FUSED_FB, "fusedce fused fwd+bwd", "o-"),
+        (UNFUSED_FB, "fusedce unfused (log_softmax, nll, backward ops)", "s--"),
+        (TORCH_FB, "PyTorch F.cross_entropy fwd+bwd", "^-"),
+        (NUMPY_FB, "NumPy reference (float64)", "v:"),
+    ]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, name, style in series:
+        xs, ys = [], []
+        for p in sweep:
+            f = ratio(p.get(FLOOR_COPY), p.get(key))
+            if f is not None:
+                xs.append(p["c"])
+                ys.append(f)
+        if xs:
+            ax.plot(xs, ys, style, label=name)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.text(sweep[0]["c"], 1.05, "copy of the logits (memory floor)", color="gray", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("number of classes C (N x C float32 = %g MiB)" % plot_mb)
+    ax.set_ylabel("throughput / copy throughput (higher is better)")
+    ax.set_title(f"forward+backward, {threads} thread{'s' if threads > 1 else ''}: "
+                 f"{meta['cpu']}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description="fusedce CPU benchmark: fused vs unfused vs PyTorch vs NumPy, "
+                    "against copy and read floors. Table on stdout, progress on stderr.")
+    p.add_argument("--shapes", help=f"comma-separated NxC (default {DEFAULT_SHAPES})")
+    p.add_argument("--quick", action="store_true",
+                   help=f"small fast run ({QUICK_SHAPES}, short timings): smoke test / demo")
+    p.add_argument("--threads", help="comma-separated thread counts, 'all' = every usable "
+                                     "core (default 1,all)")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="seconds of repetitions per measurement (default 0.3; 0.05 with --quick)")
+    p.add_argument("--min-reps", type=int, default=3, help="at least this many repetitions")
+    p.add_argument("--reps", type=int, default=None, help="exactly this many repetitions")
+    p.add_argument("--all", action="store_true",
+                   help="run the NumPy reference on every shape, however large")
+    p.add_argument("--ref-max-elems", type=int, default=150_000_000,
+                   help="skip the NumPy reference above this many logits unless --all "
+                        "(default 150M: it needs ~40 bytes and ~45 ns per logit)")
+    p.add_argument("--no-torch", action="store_true", help="do not time PyTorch")
+    p.add_argument("--no-reference", action="store_true", help="do not time the NumPy reference")
+    p.add_argument("--no-unfused", action="store_true", help="do not time our unfused ops")
+    p.add_argument("--no-inplace", action="store_true", help="do not time inplace=True")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the loss/gradient agreement check after each setting")
+    p.add_argument("--simd", help="fusedce.set_simd_level(SIMD) first (avx512, avx2, portable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="FILE.md", help="also write the tables to this file")
+    p.add_argument("--json", metavar="FILE", help="write raw numbers (every repetition) here")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also sweep C and plot throughput / copy throughput (needs matplotlib)")
+    p.add_argument("--plot-mb", type=float, default=None,
+                   help="size of the logits in the --plot sweep, MiB (default 256; 16 w/ --quick)")
+    p.add_argument("--plot-threads", type=int, default=1, help="threads for the --plot sweep")
+    p.add_argument("--plot-only", action="store_true", help="with --plot: only the sweep, no table")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--max-other-load", type=float, default=0.15,
+                   help="flag a timing as noisy (* in the table) when other processes kept "
+                        "more than this many cores busy meanwhile (default 0.15)")
+    args = p.parse_args(argv)
+
+    if args.min_time is None:
+        args.min_time = 0.05 if args.quick else 0.3
+    if args.plot_only and not args.plot:
+        raise SystemExit("--plot-only needs --plot FILE.png")
+    if args.plot_mb is None:
+        args.plot_mb = 16 if args.quick else 256
+    shapes = parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES))
+    cores = usable_cores()
+    threads_list = parse_threads(args.threads, cores)
+
+    try:
+        import fusedce as fc
+        import fusedce.reference  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"cannot import fusedce ({exc}); install it first: pip install .")
+    if args.simd:
+        fc.set_simd_level(args.simd)
+    torch, F = import_torch(not args.no_torch)
+
+    meta = {
+        "cpu": cpu_model(),
+        "cores": cores,
+        "fusedce": getattr(fc, "__version__", "?"),
+        "simd": fc.simd_level() if hasattr(fc, "simd_level") else "?",
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else
+        ("not timed (--no-torch)" if args.no_torch else None),
+        "python": sys.version.split()[0],
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+        "min_time_s": args.min_time,
+        "max_other_load": args.max_other_load,
+    }
+    progress = Progress(quiet=args.quiet)
+    probe = OtherLoad()
+    probe.start()
+    time.sleep(0.5)
+    meta["other_load_at_start"] = probe.stop()
+    if (meta["other_load_at_start"] or 0) > args.max_other_load:
+        progress(f"warning: other processes are keeping {meta['other_load_at_start']:.2f} "
+                 f"cores busy: timings (above all at {max(threads_list)} threads) will be noisy")
+    progress(f"fusedce CPU benchmark: {len(shapes)} shapes x threads {threads_list}; "
+             f"{meta['cpu']}, SIMD {meta['simd']}, torch {meta['torch'] or 'absent'}")
+
+    runner = Runner(args, fc, torch, F, progress)
+    results, table = {}, ""
+    if not args.plot_only:
+        results = run_shapes(runner, shapes, threads_list, args)
+        has_ref = any(per[t].get(NUMPY_FB) is not None
+                      for per in results.values() for t in threads_list)
+        table = render(results, threads_list, meta, torch is not None, has_ref,
+                       last_level_cache_bytes(), runner.noisy)
+        if runner.noisy:
+            progress(f"{len(runner.noisy)} timings were taken while other processes were busy "
+                     "(marked * in the table)")
+
+    sweep = None
+    if args.plot:
+        sweep = run_sweep(runner, args, args.plot_threads)
+        if draw(sweep, args.plot, meta, args.plot_threads, args.plot_mb):
+            progress(f"plot written to {args.plot}")
+
+    sys.stdout.write(table)
+    sys.stdout.flush()
+    if args.out and table:
+        with open(args.out, "w") as f:
+            f.write(table)
+        progress(f"table written to {args.out}")
+    if args.json:
+        raw = {
+            "meta": meta,
+            "threads": threads_list,
+            "results": [
+                {"shape": [n, c], "threads": t, "median_ms": per[t]}
+                for (n, c), per in results.items() for t in threads_list
+            ],
+            "measurements": runner.records,
+            "sweep": sweep,
+        }
+        with open(args.json, "w") as f:
+            json.dump(raw, f, indent=1, default=str)
+        progress(f"raw numbers written to {args.json}")
+    progress(f"done in {progress.elapsed:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
