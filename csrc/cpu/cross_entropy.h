@@ -237,8 +237,10 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 
 // Loss and gradient. Sweep 1 reads the row and leaves exp(x - running max) in a scratch row;
 // sweep 2 rescales that (still in cache) into the gradient and subtracts the target terms,
-// so the gradient row is written once. With stats.lse_is_input (a backward given the
-// forward's lse), a single sweep suffices.
+// so the gradient row is written once. For large outputs the gradient is streamed, and
+// sweep 2 of each row runs inside sweep 1 of the next (PendingGradient in rowwise.h), so
+// that its stores drain to memory while the next row's exps are computed. With
+// stats.lse_is_input (a backward given the forward's lse), a single sweep suffices.
 template <class V, class T = typename V::T>
 void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                   const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1) {
@@ -246,20 +248,25 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
     return cross_entropy_small_rows<V>(logits, target, opt, stats, &dx, r0, r1);
   const CeContext<T> ce(logits, target, opt, stats);
   const int64_t C = logits.cols;
-  T chunk_max[kMaxChunks];
-  // exp(x - running max) goes to a scratch row that stays in cache, so the gradient can be
-  // written once, streamed; without scratch memory, to the gradient row itself.
-  T* scratch = static_cast<T*>(thread_scratch(static_cast<std::size_t>(C) * sizeof(T)));
+  // Two scratch rows (the current row's exps, and the pending row's); without scratch
+  // memory the exps go to the gradient row itself and nothing is pipelined.
+  T* scratch = static_cast<T*>(thread_scratch(2 * static_cast<std::size_t>(C) * sizeof(T)));
   const bool stream = scratch && stream_output<T>(dx);
-  for (int64_t r = r0; r < r1; ++r) {
-    const CeRow<T> row = ce.row(r, &dx);
-    if (row.ignored() && (!stats.lse || stats.lse_is_input) && !stats.argmax) {  // loss 0, grad 0
-      fill(row.d, C, T(0));
-      ce.write_stats(r, row, RowSummary<T>{});
-      continue;
-    }
-    with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
-      constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
+  const bool argmax = stats.argmax != 0;
+  with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
+    constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
+    T chunk_max[2][kMaxChunks];
+    int cur = 0;  // which scratch row and chunk_max the current row uses
+    PendingGradient<T> pending;
+    CeRow<T> pending_row;
+    bool have_pending = false;
+    for (int64_t r = r0; r < r1; ++r) {
+      const CeRow<T> row = ce.row(r, &dx);
+      if (row.ignored() && (!stats.lse || stats.lse_is_input) && !argmax) {  // loss 0, grad 0
+        fill(row.d, C, T(0));
+        ce.write_stats(r, row, RowSummary<T>{});
+        continue;
+      }
       RowSummary<T> s;
       ClassCoefficients<T> k = row.k;
       if (stats.lse_is_input) {
@@ -270,20 +277,38 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         const T A = ce.gradient_terms(row, s, k);
         gradient_from_lse<V, HasQ, HasW>(row.x, row.d, C, s.lse, A, k);
       } else {
-        T* e = scratch ? scratch : row.d;
-        const bool argmax = stats.argmax != 0;
-        if (row.dot) s = summarise_row<V, true, true, HasQ, HasW>(row.x, C, row.k, e, chunk_max, argmax);
-        else s = summarise_row<V, true, false, HasQ, HasW>(row.x, C, row.k, e, chunk_max, argmax);
+        T* e = scratch ? scratch + cur * C : row.d;
+        if (have_pending) {  // this row's sweep 1 carries the pending row's sweep 2
+          if (row.dot) s = summarise_row<V, true, true, HasQ, HasW, true>(row.x, C, row.k, e, chunk_max[cur], argmax, &pending);
+          else s = summarise_row<V, true, false, HasQ, HasW, true>(row.x, C, row.k, e, chunk_max[cur], argmax, &pending);
+          ce.subtract_one_hot(pending_row);
+          have_pending = false;
+        } else {
+          if (row.dot) s = summarise_row<V, true, true, HasQ, HasW>(row.x, C, row.k, e, chunk_max[cur], argmax);
+          else s = summarise_row<V, true, false, HasQ, HasW>(row.x, C, row.k, e, chunk_max[cur], argmax);
+        }
         const T A = ce.gradient_terms(row, s, k);
-        const T* next = r + 1 < r1 ? row.x + logits.row_stride : nullptr;
-        if (stream) finish_from_exps<V, HasQ, HasW, true>(row.d, e, C, chunk_max, s.lse, A, k, next);
-        else finish_from_exps<V, HasQ, HasW, false>(row.d, e, C, chunk_max, s.lse, A, k);
+        const PendingGradient<T> grad{row.d, e, chunk_max[cur], s.lse, A, k};
+        if (stream && !row.ignored()) {
+          pending = grad;
+          pending_row = row;
+          have_pending = true;
+          cur ^= 1;
+        } else if (stream) {
+          finish_from_exps<V, HasQ, HasW, true>(grad, C, r + 1 < r1 ? row.x + logits.row_stride : nullptr);
+        } else {
+          finish_from_exps<V, HasQ, HasW, false>(grad, C);
+        }
       }
       if (row.ignored()) fill(row.d, C, T(0));  // exactly 0, even where the logits are NaN
       ce.write_stats(r, row, s);
-    });
-    ce.subtract_one_hot(row);
-  }
+      if (!have_pending || pending_row.d != row.d) ce.subtract_one_hot(row);
+    }
+    if (have_pending) {
+      finish_from_exps<V, HasQ, HasW, true>(pending, C);
+      ce.subtract_one_hot(pending_row);
+    }
+  });
   V::fence();  // order the streaming stores before the caller sees the result
 }
 

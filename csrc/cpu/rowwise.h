@@ -129,38 +129,6 @@ T sum_of(const T* x, int64_t n) {
   return s;
 }
 
-// sum_i exp(x_i - m), also writing each exp to e[i] when Store (e may alias x).
-template <class V, bool Store, class T = typename V::T>
-T sum_exp(const T* x, int64_t n, T m, T* e) {
-  using S = typename V::Scalar;
-  constexpr int W = V::width;
-  const V vm = V::set1(m);
-  V s0 = V::set1(0), s1 = s0;
-  int64_t i = 0;
-  for (; i + 2 * W <= n; i += 2 * W) {
-    V e0 = vexp(V::load(x + i) - vm);
-    V e1 = vexp(V::load(x + i + W) - vm);
-    if constexpr (Store) {
-      e0.store(e + i);
-      e1.store(e + i + W);
-    }
-    s0 = s0 + e0;
-    s1 = s1 + e1;
-  }
-  for (; i + W <= n; i += W) {
-    V e0 = vexp(V::load(x + i) - vm);
-    if constexpr (Store) e0.store(e + i);
-    s0 = s0 + e0;
-  }
-  T s = (s0 + s1).hsum();
-  for (; i < n; ++i) {
-    T ei = vexp(S{x[i] - m}).v;
-    if constexpr (Store) e[i] = ei;
-    s += ei;
-  }
-  return s;
-}
-
 // Per-class coefficients u_c = (a q_c + b) w_c of a weighted sum over the row; q and w are
 // left out (taken as 0 and 1) unless HasQ / HasW.
 template <class T>
@@ -204,6 +172,128 @@ void weighted_sums(const T* x, int64_t n, const ClassCoefficients<T>& k, T& dot,
   usum += us;
 }
 
+// A row whose gradient is still to be written (the second sweep of the fused kernel), and
+// the sweep itself over classes [begin, end): d_c = e_c s - u_c, u_c = (a q_c + b) w_c, with
+// streaming stores when Stream (then d + begin must be aligned to a vector).
+template <class T>
+struct PendingGradient {
+  T* d = nullptr;                // the gradient row
+  const T* e = nullptr;          // exp(x - chunk max) from the first sweep
+  const T* chunk_max = nullptr;  // the running max each chunk was taken against
+  T lse = 0, scale = 0;          // the row's log-sum-exp and factor of p_c
+  ClassCoefficients<T> k;        // the subtracted terms
+
+  T chunk_scale(int64_t chunk) const { return scale * scalar_exp(chunk_max[chunk] - lse); }
+};
+
+// How many elements from d to the first address aligned for a vector of V.
+template <class V, class T>
+inline int64_t misalignment_shift(const T* d) {
+  const std::uintptr_t off = reinterpret_cast<std::uintptr_t>(d) % sizeof(V);
+  return off ? static_cast<int64_t>((sizeof(V) - off) / sizeof(T)) : 0;
+}
+
+template <class V, bool HasQ, bool HasW, bool Stream, class T = typename V::T>
+inline void finish_vector(const PendingGradient<T>& p, int64_t c, V s) {
+  const V v = V::load(p.e + c) * s - coefficient<V, HasQ, HasW>(p.k, c);
+  if constexpr (Stream) v.stream(p.d + c);
+  else v.store(p.d + c);
+}
+
+template <class V, bool HasQ, bool HasW, class T = typename V::T>
+inline void finish_scalar(const PendingGradient<T>& p, int64_t c, T s) {
+  p.d[c] = p.e[c] * s - coefficient<typename V::Scalar, HasQ, HasW>(p.k, c).v;
+}
+
+// Every class of a range at least a vector wide is computed by the vector code, wherever
+// the row lies in memory: an unaligned head and a short tail are done as one unaligned
+// vector each, overlapping the aligned ones (same inputs, same values). Otherwise which
+// classes took the scalar path, and so the last bit of their rounding, would depend on the
+// output buffer's address. (The overlap needs e apart from d: only with Stream.)
+template <class V, bool HasQ, bool HasW, bool Stream, class T = typename V::T>
+void finish_range(const PendingGradient<T>& p, int64_t begin, int64_t end, T s) {
+  constexpr int W = V::width;
+  const V vs = V::set1(s);
+  int64_t c = begin;
+  if (Stream && end - begin >= W) {
+    const std::uintptr_t misaligned = reinterpret_cast<std::uintptr_t>(p.d + c) % sizeof(V);
+    if (misaligned) {
+      finish_vector<V, HasQ, HasW, false>(p, c, vs);
+      c += static_cast<int64_t>((sizeof(V) - misaligned) / sizeof(T));
+    }
+    for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, true>(p, c, vs);
+    if (c < end) finish_vector<V, HasQ, HasW, false>(p, end - W, vs);
+    return;
+  }
+  for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, false>(p, c, vs);
+  for (; c < end; ++c) finish_scalar<V, HasQ, HasW>(p, c, s);
+}
+
+// sum_i exp(x_i - m) over a chunk, also writing each exp to e[i] when Store (e may alias x).
+// `ahead` (may be null) is prefetched at the same pace: the kernels pass the next chunk, so
+// that memory is read while this loop computes (a compute-bound loop issues no misses of its
+// own, and the hardware prefetcher alone runs only a little ahead of the demand).
+// With Carry, the same chunk of the pending row `p` (chunk offset c0, factor ps) gets its
+// gradient written in the same loop: its streaming stores then drain while this loop
+// computes, instead of stalling a sweep of their own. The carried vectors are shifted to
+// the pending row's aligned addresses; its head and tail are finished after the loop the
+// way finish_range does them, so every element is computed the same way on either path.
+template <class V, bool Store, bool Carry = false, bool HasQ = false, bool HasW = false,
+          class T = typename V::T>
+T sum_exp(const T* x, int64_t n, T m, NoDeduce<T>* e, const T* ahead = nullptr,
+          const PendingGradient<T>* p = nullptr, int64_t c0 = 0, T ps = 0) {
+  using S = typename V::Scalar;
+  constexpr int W = V::width;
+  const V vm = V::set1(m), vps = V::set1(ps);
+  // carried classes [c0 + shift, carried) are done; `shift` aligns them for streaming
+  const int64_t shift = Carry && n >= W ? misalignment_shift<V>(p->d + c0) : 0;
+  int64_t carried = c0 + shift;
+  V s0 = V::set1(0), s1 = s0;
+  int64_t i = 0;
+  for (; i + 2 * W <= n; i += 2 * W) {
+    if (ahead) {
+      __builtin_prefetch(ahead + i, 0, 3);
+      __builtin_prefetch(ahead + i + W, 0, 3);
+    }
+    V e0 = vexp(V::load(x + i) - vm);
+    V e1 = vexp(V::load(x + i + W) - vm);
+    if constexpr (Store) {
+      e0.store(e + i);
+      e1.store(e + i + W);
+    }
+    if constexpr (Carry) {
+      if (carried + 2 * W <= c0 + n) {
+        finish_vector<V, HasQ, HasW, true>(*p, carried, vps);
+        finish_vector<V, HasQ, HasW, true>(*p, carried + W, vps);
+        carried += 2 * W;
+      }
+    }
+    s0 = s0 + e0;
+    s1 = s1 + e1;
+  }
+  for (; i + W <= n; i += W) {
+    V e0 = vexp(V::load(x + i) - vm);
+    if constexpr (Store) e0.store(e + i);
+    s0 = s0 + e0;
+  }
+  T s = (s0 + s1).hsum();
+  for (; i < n; ++i) {
+    T ei = vexp(S{x[i] - m}).v;
+    if constexpr (Store) e[i] = ei;
+    s += ei;
+  }
+  if constexpr (Carry) {  // what the loop left of the pending chunk, as finish_range does it
+    if (n >= W) {
+      if (shift) finish_vector<V, HasQ, HasW, false>(*p, c0, vps);
+      for (; carried + W <= c0 + n; carried += W) finish_vector<V, HasQ, HasW, true>(*p, carried, vps);
+      if (carried < c0 + n) finish_vector<V, HasQ, HasW, false>(*p, c0 + n - W, vps);
+    } else {
+      for (int64_t j = c0; j < c0 + n; ++j) finish_scalar<V, HasQ, HasW>(*p, j, ps);
+    }
+  }
+  return s;
+}
+
 // What one sweep over a row learns about it.
 template <class T>
 struct RowSummary {
@@ -217,9 +307,12 @@ struct RowSummary {
 // The online sweep described at the top of this file. With Dot it also accumulates
 // sum u_c x_c and sum u_c (label smoothing, probability targets). With Store it writes
 // exp(x - running max) to e (which may alias x) and each chunk's running max to chunk_max.
-template <class V, bool Store, bool Dot, bool HasQ, bool HasW, class T = typename V::T>
+// With Carry it also writes the gradient of the previous row, `pending` (see sum_exp).
+template <class V, bool Store, bool Dot, bool HasQ, bool HasW, bool Carry = false,
+          class T = typename V::T>
 RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>& k,
-                            NoDeduce<T>* e, NoDeduce<T>* chunk_max, bool want_argmax = false) {
+                            NoDeduce<T>* e, NoDeduce<T>* chunk_max, bool want_argmax = false,
+                            const PendingGradient<T>* pending = nullptr) {
   RowSummary<T> s;
   const int64_t len = chunk_length(cols);
   // argmax: remember the chunk where the max last grew and search it once at the end, unless
@@ -241,10 +334,13 @@ RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>
       max_chunk_start = c0;
       if (search_now) s.argmax = c0 + first_index_of(x + c0, n, cm);
     }
+    const T ps = Carry ? pending->chunk_scale(chunk) : T(0);
     if (s.max == neg_inf<T>()) {  // every value so far is -inf: each contributes exp(-inf) = 0
       if constexpr (Store) fill(e + c0, n, T(0));
+      if constexpr (Carry) finish_range<V, HasQ, HasW, true>(*pending, c0, c0 + n, ps);
     } else {
-      s.sum += sum_exp<V, Store>(x + c0, n, s.max, e + (Store ? c0 : 0));
+      s.sum += sum_exp<V, Store, Carry, HasQ, HasW>(x + c0, n, s.max, e + (Store ? c0 : 0),
+                                                     x + c0 + len, pending, c0, ps);
     }
     if constexpr (Store) chunk_max[chunk] = s.max;
   }
@@ -268,33 +364,18 @@ inline bool stream_output(const Rows& out) {
   return row_bytes >= kStreamRowBytes && out.rows * row_bytes >= kStreamBytes;
 }
 
-// The second sweep after a Store sweep: e holds exp(x - chunk max) (in the thread's scratch
-// row, still in cache); write d_c = scale * exp(x_c - lse) - (alpha q_c + beta) w_c, with
-// streaming stores when Stream (d need not be aligned: the unaligned head goes one by one).
-//
-// `next`, when given, is the next row of logits: it is prefetched into the cache while this
-// sweep streams its writes, so that reads and writes overlap instead of alternating.
+// The second sweep after a Store sweep, on its own: write the pending row's gradient,
+// chunk by chunk (each chunk has its own factor). `next`, when given, is the next row of
+// logits: it is prefetched meanwhile, so that reads and writes overlap.
 template <class V, bool HasQ, bool HasW, bool Stream, class T = typename V::T>
-void finish_from_exps(T* d, const T* e, int64_t cols, const T* chunk_max, T lse, T scale,
-                      const ClassCoefficients<T>& k, const T* next = nullptr) {
-  using S = typename V::Scalar;
-  constexpr int W = V::width;
+void finish_from_exps(const PendingGradient<T>& p, int64_t cols, const T* next = nullptr) {
   const int64_t len = chunk_length(cols);
   for (int64_t c0 = 0, chunk = 0; c0 < cols; c0 += len, ++chunk) {
     const int64_t end = min_i64(cols, c0 + len);
-    const T s = scale * scalar_exp(chunk_max[chunk] - lse);
-    const V vs = V::set1(s);
-    int64_t i = c0;
-    if constexpr (Stream)
-      for (; i < end && reinterpret_cast<std::uintptr_t>(d + i) % sizeof(V) != 0; ++i)
-        d[i] = e[i] * s - coefficient<S, HasQ, HasW>(k, i).v;
-    for (; i + W <= end; i += W) {
-      if (next) __builtin_prefetch(next + i, 0, 2);
-      const V v = V::load(e + i) * vs - coefficient<V, HasQ, HasW>(k, i);
-      if constexpr (Stream) v.stream(d + i);
-      else v.store(d + i);
-    }
-    for (; i < end; ++i) d[i] = e[i] * s - coefficient<S, HasQ, HasW>(k, i).v;
+    if (next)
+      for (int64_t c = c0; c < end; c += 64 / static_cast<int64_t>(sizeof(T)))
+        __builtin_prefetch(next + c, 0, 2);
+    finish_range<V, HasQ, HasW, Stream>(p, c0, end, p.chunk_scale(chunk));
   }
 }
 

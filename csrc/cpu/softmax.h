@@ -89,9 +89,10 @@ void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, in
     if (!log) {
       T* e = scratch ? scratch : yr;
       const auto s = summarise_row<V, true, false, false, false>(xr, C, none, e, chunk_max);
+      const PendingGradient<T> out{yr, e, chunk_max, s.lse, T(1), none};
       const T* next = r + 1 < r1 ? xr + x.row_stride : nullptr;
-      if (stream) finish_from_exps<V, false, false, true>(yr, e, C, chunk_max, s.lse, T(1), none, next);
-      else finish_from_exps<V, false, false, false>(yr, e, C, chunk_max, s.lse, T(1), none);
+      if (stream) finish_from_exps<V, false, false, true>(out, C, next);
+      else finish_from_exps<V, false, false, false>(out, C);
       continue;
     }
     const auto s = summarise_row<V, false, false, false, false>(xr, C, none, nullptr, nullptr);
