@@ -80,7 +80,7 @@ inline T* row_ptr(const Rows& a, int64_t r) {
 
 // A chunk stays in L1 between its two sweeps; a row has at most kMaxChunks chunks so that
 // the per-chunk maxima fit in a stack array.
-constexpr int64_t kChunk = 2048;
+constexpr int64_t kChunk = 4096;
 constexpr int64_t kMaxChunks = 1024;
 inline int64_t chunk_length(int64_t cols) {
   int64_t needed = (cols + kMaxChunks - 1) / kMaxChunks;
@@ -252,8 +252,8 @@ T sum_exp(const T* x, int64_t n, T m, NoDeduce<T>* e, const T* ahead = nullptr,
   int64_t i = 0;
   for (; i + 2 * W <= n; i += 2 * W) {
     if (ahead) {
-      __builtin_prefetch(ahead + i, 0, 3);
-      __builtin_prefetch(ahead + i + W, 0, 3);
+      __builtin_prefetch(ahead + i, 0, 2);
+      __builtin_prefetch(ahead + i + W, 0, 2);
     }
     V e0 = vexp(V::load(x + i) - vm);
     V e1 = vexp(V::load(x + i + W) - vm);
