@@ -61,3 +61,29 @@ def test_large_fused_gradient_matches_reference_and_is_deterministic(shape, opts
     for other_loss, other_grad in results[1:]:
         assert np.array_equal(other_grad, grad), "gradient depends on threads or layout"
         assert other_loss == loss
+
+
+@pytest.mark.parametrize("c", [10, 48, 49, 300])  # the small-class path up to 48, then rows
+@pytest.mark.parametrize("tdtype", [np.int32, np.int64])
+def test_unvalidated_out_of_range_targets_give_nan_rows(c, tdtype):
+    """With validate_targets=False an out-of-range class index is never read: its row's loss
+    and gradient are NaN and every other row is exact (docs/api.md)."""
+    rng = np.random.default_rng(3)
+    n = 37  # not a multiple of any SIMD width: the scalar tail rows are covered too
+    x = rng.standard_normal((n, c)).astype(np.float32)
+    t = rng.integers(0, c, n).astype(tdtype)
+    bad = [1, 20, 36]
+    t[bad] = [c, -5, 10**6]
+    t[5] = 0
+    kw = dict(ignore_index=0, label_smoothing=0.1, weight=rng.random(c) + 0.5)
+    loss, grad = fusedce.cross_entropy_with_grad(x, t, reduction="none", validate_targets=False, **kw)
+    assert np.isnan(loss[bad]).all() and np.isnan(grad[bad]).all()
+    good = np.setdiff1d(np.arange(n), bad)
+    want_loss, want_grad = ref.cross_entropy_with_grad(x[good], t[good], reduction="none", **kw)
+    np.testing.assert_allclose(loss[good], want_loss, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(grad[good], want_grad, rtol=2e-5, atol=1e-6)
+    assert loss[5] == 0 and np.all(grad[5] == 0), "target 0 is ignore_index here"
+    nll = fusedce.nll_loss(x, t, reduction="none", validate_targets=False, ignore_index=0)
+    assert np.isnan(nll[bad]).all() and np.isfinite(nll[good]).all()
+    with pytest.raises(IndexError, match="target"):
+        fusedce.cross_entropy(x, t, **kw)

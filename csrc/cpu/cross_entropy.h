@@ -154,28 +154,36 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
   }
   const V lse = m + vlog(sum);
 
-  // Each lane's target: class index as a float (-1 if none), its weight, its upstream
-  // factor (0 for ignored rows, NaN for an out-of-range index: the row becomes NaN).
-  alignas(64) T lane_t[W], lane_w[W], lane_g[W], lane_value[W], lane_ignored[W];
-  for (int i = 0; i < W; ++i) {
-    const int64_t y = class_index(ce.target, r + i);
-    const int64_t t = usable_class(y, C, ce.opt.ignore_index);
-    lane_t[i] = static_cast<T>(t);
-    lane_w[i] = t >= 0 ? (has_w ? ce.w[t] : T(1)) : T(0);
-    lane_g[i] = t >= 0 ? grad_factor<T>(ce.stats, r + i) : (y == ce.opt.ignore_index ? T(0) : quiet_nan<T>());
-    lane_ignored[i] = y == ce.opt.ignore_index ? T(1) : T(0);
+  // Each lane's target, as a T: its class t, whether it is ignored, whether it is out of
+  // range (that row becomes NaN), its logit x_t and weight w_t, picked by comparing t with
+  // every class (C <= kSmallClasses: cheaper than per-lane scalar code or a gather).
+  const Target& tg = ce.target;
+  const V t = tg.dtype == DType::Int32
+                  ? V::from_indices(reinterpret_cast<const int32_t*>(tg.data) + r)
+                  : V::from_indices(reinterpret_cast<const int64_t*>(tg.data) + r);
+  const V zero = V::set1(0), one = V::set1(1), nan = V::set1(quiet_nan<T>());
+  const V ignore = V::set1(static_cast<T>(ce.opt.ignore_index));
+  // bad: t < 0 or t > C - 1; then ignored rows (which may look bad) are taken out
+  V bad = V::select_gt(zero, t, one, V::select_gt(t, V::set1(static_cast<T>(C - 1)), one, zero));
+  const V ignored = V::select_eq(t, ignore, one, zero);
+  bad = V::select_eq(ignored, one, zero, bad);
+  V x_t = zero, wt = zero;
+  for (int64_t c = 0; c < C; ++c) {
+    const V cv = V::set1(static_cast<T>(c));
+    x_t = V::select_eq(t, cv, xc[c], x_t);
+    wt = V::select_eq(t, cv, has_w ? V::set1(ce.w[c]) : one, wt);
   }
-  const V t = V::load(lane_t), wt = V::load(lane_w), g = V::load(lane_g);
-  V x_t = V::set1(0);
-  for (int64_t c = 0; c < C; ++c) x_t = V::select_eq(t, V::set1(static_cast<T>(c)), xc[c], x_t);
+  wt = V::select_eq(ignored, one, zero, wt);  // ignore_index may be a valid class
+  // upstream factor: 0 for ignored rows, NaN for bad ones
+  V g = ce.stats.grad_stride ? V::load(reinterpret_cast<const T*>(ce.stats.grad) + r)
+                             : V::set1(grad_factor<T>(ce.stats, r));
+  g = V::select_eq(ignored, one, zero, V::select_eq(bad, one, nan, g));
 
   if (ce.stats.loss) {
     V loss = V::set1(1 - eps) * wt * (lse - x_t);
-    if (eps > 0) loss = V::fma(V::set1(eps * inv_c), V::fma(V::set1(ce.w_sum), lse, V::set1(0) - wx), loss);
-    loss.store(lane_value);
-    T* out = reinterpret_cast<T*>(ce.stats.loss) + r;
-    for (int i = 0; i < W; ++i)  // ignored rows 0, bad rows NaN (their g)
-      out[i] = lane_ignored[i] != T(0) ? T(0) : (is_nan(lane_g[i]) ? lane_g[i] : lane_value[i]);
+    if (eps > 0) loss = V::fma(V::set1(eps * inv_c), V::fma(V::set1(ce.w_sum), lse, zero - wx), loss);
+    loss = V::select_eq(ignored, one, zero, V::select_eq(bad, one, nan, loss));
+    loss.store(reinterpret_cast<T*>(ce.stats.loss) + r);
   }
   if (ce.stats.lse) lse.store(reinterpret_cast<T*>(ce.stats.lse) + r);
   if (ce.stats.argmax)
@@ -186,7 +194,6 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
   const V a = g * V::fma(V::set1(1 - eps), wt, V::set1(eps * inv_c * ce.w_sum)) / sum;
   const V b = g * V::set1(eps * inv_c);
   const V one_hot = g * V::set1(1 - eps) * wt;
-  const V zero = V::set1(0), one = V::set1(1), ignored = V::load(lane_ignored);
   T* d = row_ptr<T>(*dx, r);
   const int64_t ds = dx->row_stride;  // a local, so the lane offsets stay out of the loop
   for (int64_t c = 0; c < C; ++c) {
@@ -207,11 +214,15 @@ void cross_entropy_small_rows(const Rows& logits, const Target& target, const Lo
 }
 
 // Whether the small-class path can take this problem: index targets, few classes, no lse
-// given, and lane offsets (W-1) * row_stride that fit the 32-bit gather indices.
-inline bool use_small_classes(const Rows& logits, const Target& target, const RowStats& stats,
-                              const Rows* dx, int width) {
+// given, lane offsets (W-1) * row_stride that fit the 32-bit gather indices, contiguous
+// targets, and an ignore_index that float32 represents exactly (class indices are compared
+// as floats there; any index beyond 2^24 is out of range anyway).
+inline bool use_small_classes(const Rows& logits, const Target& target, const LossOptions& opt,
+                              const RowStats& stats, const Rows* dx, int width) {
   const int64_t limit = (int64_t(1) << 30) / width;
+  const int64_t exact = int64_t(1) << 24;
   return logits.cols <= kSmallClasses && target.kind == TargetKind::ClassIndex &&
+         target.stride == 1 && -exact < opt.ignore_index && opt.ignore_index < exact &&
          !stats.lse_is_input && logits.row_stride < limit && (!dx || dx->row_stride < limit);
 }
 
@@ -219,7 +230,7 @@ inline bool use_small_classes(const Rows& logits, const Target& target, const Ro
 template <class V, class T = typename V::T>
 void cross_entropy_forward_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                 const RowStats& stats, int64_t r0, int64_t r1) {
-  if (use_small_classes(logits, target, stats, nullptr, V::width))
+  if (use_small_classes(logits, target, opt, stats, nullptr, V::width))
     return cross_entropy_small_rows<V>(logits, target, opt, stats, nullptr, r0, r1);
   const CeContext<T> ce(logits, target, opt, stats);
   for (int64_t r = r0; r < r1; ++r) {
@@ -244,7 +255,7 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 template <class V, class T = typename V::T>
 void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                   const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1) {
-  if (use_small_classes(logits, target, stats, &dx, V::width))
+  if (use_small_classes(logits, target, opt, stats, &dx, V::width))
     return cross_entropy_small_rows<V>(logits, target, opt, stats, &dx, r0, r1);
   const CeContext<T> ce(logits, target, opt, stats);
   const int64_t C = logits.cols;

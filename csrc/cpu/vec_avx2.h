@@ -20,6 +20,14 @@ struct V32 {
   void stream(float* p) const { _mm256_stream_ps(p, v); }
   static void fence() { _mm_sfence(); }
   static V32 set1(float x) { return {_mm256_set1_ps(x)}; }
+  static V32 from_indices(const int32_t* p) {
+    return {_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+  }
+  static V32 from_indices(const int64_t* p) {  // AVX2 cannot convert int64: lane by lane
+    alignas(32) float lanes[8];
+    for (int i = 0; i < 8; ++i) lanes[i] = static_cast<float>(p[i]);
+    return {_mm256_load_ps(lanes)};
+  }
   // The caller guarantees 7 * stride fits in int32 (see the small-class path).
   static __m256i lane_offsets(int64_t stride) {
     return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
@@ -90,6 +98,14 @@ struct V64 {
   void stream(double* p) const { _mm256_stream_pd(p, v); }
   static void fence() { _mm_sfence(); }
   static V64 set1(double x) { return {_mm256_set1_pd(x)}; }
+  static V64 from_indices(const int32_t* p) {
+    return {_mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+  }
+  static V64 from_indices(const int64_t* p) {
+    alignas(32) double lanes[4];
+    for (int i = 0; i < 4; ++i) lanes[i] = static_cast<double>(p[i]);
+    return {_mm256_load_pd(lanes)};
+  }
   static V64 gather(const double* base, int64_t stride) {
     __m128i idx = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(static_cast<int>(stride)));
     return {_mm256_i32gather_pd(base, idx, 8)};

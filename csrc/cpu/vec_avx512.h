@@ -20,6 +20,12 @@ struct V32 {
   void stream(float* p) const { _mm512_stream_ps(p, v); }
   static void fence() { _mm_sfence(); }
   static V32 set1(float x) { return {_mm512_set1_ps(x)}; }
+  static V32 from_indices(const int32_t* p) { return {_mm512_cvtepi32_ps(_mm512_loadu_si512(p))}; }
+  static V32 from_indices(const int64_t* p) {
+    const __m256 lo = _mm512_cvtepi64_ps(_mm512_loadu_si512(p));
+    const __m256 hi = _mm512_cvtepi64_ps(_mm512_loadu_si512(p + 8));
+    return {_mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1)};
+  }
   // The caller guarantees 15 * stride fits in int32 (see the small-class path).
   static __m512i lane_offsets(int64_t stride) {
     return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -72,6 +78,10 @@ struct V64 {
   void stream(double* p) const { _mm512_stream_pd(p, v); }
   static void fence() { _mm_sfence(); }
   static V64 set1(double x) { return {_mm512_set1_pd(x)}; }
+  static V64 from_indices(const int32_t* p) {
+    return {_mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+  }
+  static V64 from_indices(const int64_t* p) { return {_mm512_cvtepi64_pd(_mm512_loadu_si512(p))}; }
   static __m256i lane_offsets(int64_t stride) {
     return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                               _mm256_set1_epi32(static_cast<int>(stride)));

@@ -17,6 +17,11 @@ struct ScalarVec {
   void stream(T* p) const { *p = v; }
   static void fence() {}
   static ScalarVec set1(T x) { return {x}; }
+  // Class indices (int32 or int64, contiguous) converted to T, one per lane.
+  template <class I>
+  static ScalarVec from_indices(const I* p) {
+    return {static_cast<T>(*p)};
+  }
   // Lane i reads base[i * stride]; with one lane, just base[0].
   static ScalarVec gather(const T* base, int64_t) { return {*base}; }
   void scatter(T* base, int64_t) const { *base = v; }
