@@ -130,8 +130,8 @@ def test_softmax_matches_torch(shape, dim, dtype, log):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("weighted,ignore,reduction", itertools.product(
-    [False, True], [None, 3], ["none", "sum", "mean"]))
+@pytest.mark.parametrize("weighted,ignore,reduction", list(itertools.product(
+    [False, True], [None, 3], ["none", "sum", "mean"])))
 def test_nll_loss_matches_torch(shape, weighted, ignore, reduction):
     gen = torch.Generator().manual_seed(3)
     logp = torch.log_softmax(torch.randn(shape, generator=gen, dtype=torch.float64),
