@@ -146,13 +146,17 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
     xc[c] = V::gather(x + c, xs);
     m = V::max(m, xc[c]);
   }
+  // With a given lse (a backward from the forward's), p_c = exp(x_c - lse) directly.
+  const bool given = ce.stats.lse_is_input;
+  const V shift = given ? V::load(reinterpret_cast<const T*>(ce.stats.lse) + r) : m;
   V sum = V::set1(0), wx = V::set1(0);
   for (int64_t c = 0; c < C; ++c) {
-    e[c] = vexp(xc[c] - m);
+    e[c] = vexp(xc[c] - shift);
     sum = sum + e[c];
     if (eps > 0) wx = V::fma(has_w ? V::set1(ce.w[c]) : V::set1(1), xc[c], wx);
   }
-  const V lse = m + vlog(sum);
+  const V lse = given ? shift : m + vlog(sum);
+  if (given) sum = V::set1(1);
 
   // Each lane's target, as a T: its class t, whether it is ignored, whether it is out of
   // range (that row becomes NaN), its logit x_t and weight w_t, picked by comparing t with
@@ -185,7 +189,7 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
     loss = V::select_eq(ignored, one, zero, V::select_eq(bad, one, nan, loss));
     loss.store(reinterpret_cast<T*>(ce.stats.loss) + r);
   }
-  if (ce.stats.lse) lse.store(reinterpret_cast<T*>(ce.stats.lse) + r);
+  if (ce.stats.lse && !ce.stats.lse_is_input) lse.store(reinterpret_cast<T*>(ce.stats.lse) + r);
   if (ce.stats.argmax)
     for (int i = 0; i < W; ++i) reinterpret_cast<int64_t*>(ce.stats.argmax)[r + i] = argmax_of(x + i * xs, C);
   if (!dx) return;
@@ -213,24 +217,24 @@ void cross_entropy_small_rows(const Rows& logits, const Target& target, const Lo
   for (; r < r1; ++r) cross_entropy_small_block<typename V::Scalar>(ce, r, dx);
 }
 
-// Whether the small-class path can take this problem: index targets, few classes, no lse
-// given, lane offsets (W-1) * row_stride that fit the 32-bit gather indices, contiguous
+// Whether the small-class path can take this problem: index targets, few classes (a given
+// lse is not needed: the path recomputes it from the row it holds anyway), lane offsets (W-1) * row_stride that fit the 32-bit gather indices, contiguous
 // targets, and an ignore_index that float32 represents exactly (class indices are compared
 // as floats there; any index beyond 2^24 is out of range anyway).
 inline bool use_small_classes(const Rows& logits, const Target& target, const LossOptions& opt,
-                              const RowStats& stats, const Rows* dx, int width) {
+                              const Rows* dx, int width) {
   const int64_t limit = (int64_t(1) << 30) / width;
   const int64_t exact = int64_t(1) << 24;
   return logits.cols <= kSmallClasses && target.kind == TargetKind::ClassIndex &&
          target.stride == 1 && -exact < opt.ignore_index && opt.ignore_index < exact &&
-         !stats.lse_is_input && logits.row_stride < limit && (!dx || dx->row_stride < limit);
+         logits.row_stride < limit && (!dx || dx->row_stride < limit);
 }
 
 // Loss (and lse, argmax) only: one read of each row.
 template <class V, class T = typename V::T>
 void cross_entropy_forward_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                 const RowStats& stats, int64_t r0, int64_t r1) {
-  if (use_small_classes(logits, target, opt, stats, nullptr, V::width))
+  if (use_small_classes(logits, target, opt, nullptr, V::width))
     return cross_entropy_small_rows<V>(logits, target, opt, stats, nullptr, r0, r1);
   const CeContext<T> ce(logits, target, opt, stats);
   for (int64_t r = r0; r < r1; ++r) {
@@ -255,7 +259,7 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 template <class V, class T = typename V::T>
 void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                   const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1) {
-  if (use_small_classes(logits, target, opt, stats, &dx, V::width))
+  if (use_small_classes(logits, target, opt, &dx, V::width))
     return cross_entropy_small_rows<V>(logits, target, opt, stats, &dx, r0, r1);
   const CeContext<T> ce(logits, target, opt, stats);
   const int64_t C = logits.cols;
