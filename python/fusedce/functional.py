@@ -52,7 +52,7 @@ class _Input:
         if not self.bf16:
             checks.floating(self.array, name)
         elif self.array.ndim == 0:
-            checks.floating(self.array, name)  # raises the 0-d error
+            raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
         self.axis = checks.axis_index(axis, self.array.ndim)
         self.dtype = self.array.dtype  # the storage dtype (int16 for bfloat16)
         self.cdtype = np.dtype(np.float32) if self.bf16 else checks.compute_dtype(self.dtype)
@@ -138,7 +138,7 @@ class _Target:
     def __init__(self, target, inp: _Input, ignore_index, *, allow_probs=True, validate=True):
         xp = inp.xp
         t = arrays.as_array(target, inp.backend, "target")
-        self.kind, self.ignore_index = None, ignore_index
+        self.ignore_index = ignore_index
         if (t.dtype in checks.FLOAT_DTYPES or arrays.is_bfloat16(target)) and allow_probs:
             checks.same_shape(t, inp.array.shape, "target", "probability targets have the logits' shape")
             if inp.bf16 != arrays.is_bfloat16(target):
