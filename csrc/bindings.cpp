@@ -7,6 +7,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/ops.h"
@@ -126,6 +127,18 @@ PYBIND11_MODULE(_core, m) {
                    const Rows& dx, const Launch& launch),
                   (pred, target, grad_each, stats, dx, launch));
 
+  // Host-side helpers for the Python layer: cheaper than the NumPy equivalents (a float32 to
+  // float64 sum, a min and a max) on the per-row arrays of small-class problems.
+  m.def("sum_as_double", [](std::uintptr_t data, int64_t n, DType dtype) {
+    py::gil_scoped_release no_gil;
+    return cpu::sum_as_double(data, n, dtype);
+  }, "The sum of n contiguous float32/float64 values, accumulated in float64 in a fixed order");
+  m.def("index_range", [](std::uintptr_t data, int64_t n, DType dtype) {
+    py::gil_scoped_release no_gil;
+    int64_t lo = 0, hi = -1;
+    cpu::index_range(data, n, dtype, lo, hi);
+    return std::make_pair(lo, hi);
+  }, "(min, max) of n contiguous int32/int64 values, (0, -1) when n == 0");
   m.def("simd_level", [] { return std::string(cpu::simd_level()); });
   m.def("available_simd_levels", [] {
     int n = 0;

@@ -44,4 +44,9 @@ const char* simd_level();
 const char* const* available_simd_levels(int* count);
 bool set_simd_level(const char* name);  // false when the name is unknown or not supported here
 
+// Host helpers for the Python layer (ops_cpu.cpp): a float64 sum in a fixed order (so that
+// it does not depend on the thread count) and the range of class indices.
+double sum_as_double(std::uintptr_t data, int64_t n, DType dtype);
+void index_range(std::uintptr_t data, int64_t n, DType dtype, int64_t& lo, int64_t& hi);
+
 }  // namespace fusedce::cpu

@@ -163,7 +163,10 @@ class _Target:
         # on a GPU they cost a synchronisation, which validate_targets=False avoids.
         self.none_ignored = False
         if validate and flat.size:
-            lo, hi = int(flat.min()), int(flat.max())
+            if xp is np:
+                lo, hi = _core.index_range(arrays.pointer(flat), flat.size, arrays.dtype_code(flat.dtype))
+            else:
+                lo, hi = int(flat.min()), int(flat.max())
             self.none_ignored = not (lo <= ignore_index <= hi)
             if lo < 0 or hi >= inp.c:
                 bad = (flat != ignore_index) & ((flat < 0) | (flat >= inp.c))
@@ -234,7 +237,10 @@ def _divide(value, denom, xp):
 def _reduce(losses, reduction, denom, inp: _Input):
     if reduction == "none":
         return losses.reshape(inp.row_shape)
-    total = losses.sum(dtype=np.float64)
+    if inp.xp is np:
+        total = _core.sum_as_double(arrays.pointer(losses), losses.size, arrays.dtype_code(losses.dtype))
+    else:
+        total = losses.sum(dtype=np.float64)
     if reduction == "mean":
         total = _divide(total, denom, inp.xp)
     return inp.xp.asarray(total, dtype=inp.cdtype)
