@@ -120,8 +120,10 @@ struct CeContext {
     if (stats.argmax) reinterpret_cast<int64_t*>(stats.argmax)[r] = s.argmax;
   }
 
+  // The one-hot term of the gradient, -g (1-eps) w_t at class t (none for other rows).
+  T one_hot(const CeRow<T>& row) const { return row.t >= 0 ? row.g * (1 - eps) * row.w_t : T(0); }
   void subtract_one_hot(const CeRow<T>& row) const {
-    if (row.t >= 0) row.d[row.t] -= row.g * (1 - eps) * row.w_t;
+    if (row.t >= 0) row.d[row.t] -= one_hot(row);
   }
 };
 
@@ -273,7 +275,6 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
     T chunk_max[2][kMaxChunks];
     int cur = 0;  // which scratch row and chunk_max the current row uses
     PendingGradient<T> pending;
-    CeRow<T> pending_row;
     bool have_pending = false;
     for (int64_t r = r0; r < r1; ++r) {
       const CeRow<T> row = ce.row(r, &dx);
@@ -296,17 +297,15 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         if (have_pending) {  // this row's sweep 1 carries the pending row's sweep 2
           if (row.dot) s = summarise_row<V, true, true, HasQ, HasW, true>(row.x, C, row.k, e, chunk_max[cur], argmax, &pending);
           else s = summarise_row<V, true, false, HasQ, HasW, true>(row.x, C, row.k, e, chunk_max[cur], argmax, &pending);
-          ce.subtract_one_hot(pending_row);
           have_pending = false;
         } else {
           if (row.dot) s = summarise_row<V, true, true, HasQ, HasW>(row.x, C, row.k, e, chunk_max[cur], argmax);
           else s = summarise_row<V, true, false, HasQ, HasW>(row.x, C, row.k, e, chunk_max[cur], argmax);
         }
         const T A = ce.gradient_terms(row, s, k);
-        const PendingGradient<T> grad{row.d, e, chunk_max[cur], s.lse, A, k};
+        const PendingGradient<T> grad{row.d, e, chunk_max[cur], s.lse, A, k, row.t, ce.one_hot(row)};
         if (stream && !row.ignored()) {
           pending = grad;
-          pending_row = row;
           have_pending = true;
           cur ^= 1;
         } else if (stream) {
@@ -317,12 +316,9 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
       }
       if (row.ignored()) fill(row.d, C, T(0));  // exactly 0, even where the logits are NaN
       ce.write_stats(r, row, s);
-      if (!have_pending || pending_row.d != row.d) ce.subtract_one_hot(row);
+      if (stats.lse_is_input) ce.subtract_one_hot(row);  // the other paths wrote it with the row
     }
-    if (have_pending) {
-      finish_from_exps<V, HasQ, HasW, true>(pending, C);
-      ce.subtract_one_hot(pending_row);
-    }
+    if (have_pending) finish_from_exps<V, HasQ, HasW, true>(pending, C);
   });
   V::fence();  // order the streaming stores before the caller sees the result
 }

@@ -182,6 +182,9 @@ struct PendingGradient {
   const T* chunk_max = nullptr;  // the running max each chunk was taken against
   T lse = 0, scale = 0;          // the row's log-sum-exp and factor of p_c
   ClassCoefficients<T> k;        // the subtracted terms
+  int64_t hot = -1;              // the target class, where hot_value is subtracted too
+  T hot_value = 0;               // (applied as the row is written: reading back a streamed
+                                 // line afterwards would wait for memory)
 
   T chunk_scale(int64_t chunk) const { return scale * scalar_exp(chunk_max[chunk] - lse); }
 };
@@ -195,14 +198,22 @@ inline int64_t misalignment_shift(const T* d) {
 
 template <class V, bool HasQ, bool HasW, bool Stream, class T = typename V::T>
 inline void finish_vector(const PendingGradient<T>& p, int64_t c, V s) {
-  const V v = V::load(p.e + c) * s - coefficient<V, HasQ, HasW>(p.k, c);
+  V v = V::load(p.e + c) * s - coefficient<V, HasQ, HasW>(p.k, c);
+  if (p.hot >= c && p.hot < c + V::width) {  // once per row: patch the target's lane
+    alignas(64) T lanes[V::width];
+    v.store(lanes);
+    lanes[p.hot - c] -= p.hot_value;
+    v = V::load(lanes);
+  }
   if constexpr (Stream) v.stream(p.d + c);
   else v.store(p.d + c);
 }
 
 template <class V, bool HasQ, bool HasW, class T = typename V::T>
 inline void finish_scalar(const PendingGradient<T>& p, int64_t c, T s) {
-  p.d[c] = p.e[c] * s - coefficient<typename V::Scalar, HasQ, HasW>(p.k, c).v;
+  T v = p.e[c] * s - coefficient<typename V::Scalar, HasQ, HasW>(p.k, c).v;
+  if (c == p.hot) v -= p.hot_value;
+  p.d[c] = v;
 }
 
 // Every class of a range at least a vector wide is computed by the vector code, wherever
@@ -356,7 +367,7 @@ RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>
 // which would otherwise add a third of a copy's memory traffic. Short rows are not: their
 // partial cache lines at both ends would each cost a read-modify-write in memory.
 constexpr int64_t kStreamBytes = int64_t(16) << 20;
-constexpr int64_t kStreamRowBytes = int64_t(16) << 10;
+constexpr int64_t kStreamRowBytes = int64_t(2) << 10;
 
 template <class T>
 inline bool stream_output(const Rows& out) {
