@@ -24,9 +24,50 @@ KernelsFor<typename V::T> kernels_for() {
           nll_backward_rows<V>, mse_forward_rows<V>, mse_backward_rows<V>, exp_array<V>};
 }
 
+// A float64 sum in a fixed order (eight lanes, then their total): the result does not
+// depend on the thread count, and the compiler vectorises the lanes.
+template <class T>
+double sum_in_order(const T* x, int64_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += static_cast<double>(x[i + k]);
+  double total = 0;
+  for (; i < n; ++i) total += static_cast<double>(x[i]);
+  for (int k = 0; k < 8; ++k) total += acc[k];
+  return total;
+}
+
+double sum_as_double(std::uintptr_t data, int64_t n, DType dtype) {
+  if (dtype == DType::Float64) return sum_in_order(reinterpret_cast<const double*>(data), n);
+  return sum_in_order(reinterpret_cast<const float*>(data), n);
+}
+
+template <class I>
+void range_of(const I* x, int64_t n, int64_t& lo, int64_t& hi) {
+  I a = x[0], b = x[0];
+  for (int64_t i = 1; i < n; ++i) {
+    a = x[i] < a ? x[i] : a;
+    b = x[i] > b ? x[i] : b;
+  }
+  lo = a;
+  hi = b;
+}
+
+void index_range(std::uintptr_t data, int64_t n, DType dtype, int64_t& lo, int64_t& hi) {
+  if (n <= 0) {
+    lo = 0;
+    hi = -1;
+  } else if (dtype == DType::Int32) {
+    range_of(reinterpret_cast<const int32_t*>(data), n, lo, hi);
+  } else {
+    range_of(reinterpret_cast<const int64_t*>(data), n, lo, hi);
+  }
+}
+
 template <class V32, class V64>
 KernelTable make_table(const char* name) {
-  return {name, kernels_for<V32>(), kernels_for<V64>()};
+  return {name, kernels_for<V32>(), kernels_for<V64>(), sum_as_double, index_range};
 }
 
 }  // namespace

@@ -30,6 +30,9 @@ struct KernelTable {
   const char* name;
   KernelsFor<float> f32;
   KernelsFor<double> f64;
+  // Host helpers for the Python layer, vectorised like the kernels (see ops_cpu.cpp).
+  double (*sum_as_double)(std::uintptr_t data, int64_t n, DType dtype);
+  void (*index_range)(std::uintptr_t data, int64_t n, DType dtype, int64_t& lo, int64_t& hi);
 };
 
 // One per instruction set, each compiled with its own flags (isa_*.cpp).

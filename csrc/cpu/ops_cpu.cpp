@@ -84,45 +84,12 @@ void mse_backward(const Rows& pred, const Rows& target, const Rows& grad_each, c
   });
 }
 
-namespace {
-template <class T>
-double sum_in_order(const T* x, int64_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // eight fixed lanes: vectorisable, deterministic
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) acc[k] += static_cast<double>(x[i + k]);
-  double total = 0;
-  for (; i < n; ++i) total += static_cast<double>(x[i]);
-  for (int k = 0; k < 8; ++k) total += acc[k];
-  return total;
-}
-
-template <class I>
-void range_of(const I* x, int64_t n, int64_t& lo, int64_t& hi) {
-  I a = x[0], b = x[0];
-  for (int64_t i = 1; i < n; ++i) {
-    a = x[i] < a ? x[i] : a;
-    b = x[i] > b ? x[i] : b;
-  }
-  lo = a;
-  hi = b;
-}
-}  // namespace
-
 double sum_as_double(std::uintptr_t data, int64_t n, DType dtype) {
-  if (dtype == DType::Float64) return sum_in_order(reinterpret_cast<const double*>(data), n);
-  return sum_in_order(reinterpret_cast<const float*>(data), n);
+  return active_kernels().sum_as_double(data, n, dtype);
 }
 
 void index_range(std::uintptr_t data, int64_t n, DType dtype, int64_t& lo, int64_t& hi) {
-  if (n <= 0) {
-    lo = 0;
-    hi = -1;
-  } else if (dtype == DType::Int32) {
-    range_of(reinterpret_cast<const int32_t*>(data), n, lo, hi);
-  } else {
-    range_of(reinterpret_cast<const int64_t*>(data), n, lo, hi);
-  }
+  active_kernels().index_range(data, n, dtype, lo, hi);
 }
 
 }  // namespace fusedce::cpu
