@@ -268,7 +268,9 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
   // Two scratch rows (the current row's exps, and the pending row's); without scratch
   // memory the exps go to the gradient row itself and nothing is pipelined.
   T* scratch = static_cast<T*>(thread_scratch(2 * static_cast<std::size_t>(C) * sizeof(T)));
-  const bool stream = scratch && stream_output<T>(dx);
+  // In place (dx over the logits), plain stores are faster: each line was just read, so it
+  // is in cache and needs no read before the write; a streaming store would evict it first.
+  const bool stream = scratch && stream_output<T>(dx) && dx.data != logits.data;
   const bool argmax = stats.argmax != 0;
   with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
     constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;

@@ -217,22 +217,23 @@ inline void finish_scalar(const PendingGradient<T>& p, int64_t c, T s) {
 }
 
 // Every class of a range at least a vector wide is computed by the vector code, wherever
-// the row lies in memory: an unaligned head and a short tail are done as one unaligned
-// vector each, overlapping the aligned ones (same inputs, same values). Otherwise which
-// classes took the scalar path, and so the last bit of their rounding, would depend on the
-// output buffer's address. (The overlap needs e apart from d: only with Stream.)
+// the row lies in memory: an unaligned head (streaming needs aligned stores) and a short
+// tail are done as one unaligned vector each, overlapping the others (same inputs, same
+// values). Otherwise which classes took the scalar path, and so the last bit of their
+// rounding, would depend on the output's address or on the path. The overlap needs the
+// exps apart from the output (e != d: always, except without scratch memory).
 template <class V, bool HasQ, bool HasW, bool Stream, class T = typename V::T>
 void finish_range(const PendingGradient<T>& p, int64_t begin, int64_t end, T s) {
   constexpr int W = V::width;
   const V vs = V::set1(s);
   int64_t c = begin;
-  if (Stream && end - begin >= W) {
-    const std::uintptr_t misaligned = reinterpret_cast<std::uintptr_t>(p.d + c) % sizeof(V);
+  if (end - begin >= W && p.e != p.d) {
+    const std::uintptr_t misaligned = Stream ? reinterpret_cast<std::uintptr_t>(p.d + c) % sizeof(V) : 0;
     if (misaligned) {
       finish_vector<V, HasQ, HasW, false>(p, c, vs);
       c += static_cast<int64_t>((sizeof(V) - misaligned) / sizeof(T));
     }
-    for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, true>(p, c, vs);
+    for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, Stream>(p, c, vs);
     if (c < end) finish_vector<V, HasQ, HasW, false>(p, end - W, vs);
     return;
   }

@@ -82,7 +82,7 @@ void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, in
   const ClassCoefficients<T> none{nullptr, nullptr, 0, 0};
   T chunk_max[kMaxChunks];
   T* scratch = log ? nullptr : static_cast<T*>(thread_scratch(static_cast<std::size_t>(C) * sizeof(T)));
-  const bool stream = scratch && stream_output<T>(y);
+  const bool stream = scratch && stream_output<T>(y) && y.data != x.data;  // see cross_entropy.h
   for (int64_t r = r0; r < r1; ++r) {
     const T* xr = row_ptr<T>(x, r);
     T* yr = row_ptr<T>(y, r);
