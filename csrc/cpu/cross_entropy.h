@@ -214,9 +214,8 @@ template <class V, class T = typename V::T>
 void cross_entropy_small_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                               const RowStats& stats, const Rows* dx, int64_t r0, int64_t r1) {
   const CeContext<T> ce(logits, target, opt, stats);
-  int64_t r = r0;
-  for (; r + V::width <= r1; r += V::width) cross_entropy_small_block<V>(ce, r, dx);
-  for (; r < r1; ++r) cross_entropy_small_block<typename V::Scalar>(ce, r, dx);
+  by_blocks<V>(r0, r1, [&](int64_t r) { cross_entropy_small_block<V>(ce, r, dx); },
+               [&](int64_t r) { cross_entropy_small_block<typename V::Scalar>(ce, r, dx); });
 }
 
 // Whether the small-class path can take this problem: index targets, few classes (a given

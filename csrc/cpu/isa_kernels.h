@@ -24,6 +24,8 @@ KernelsFor<typename V::T> kernels_for() {
           nll_backward_rows<V>, mse_forward_rows<V>, mse_backward_rows<V>, exp_array<V>};
 }
 
+// (The host helpers are named *_here: the dispatching cpu::sum_as_double / cpu::index_range
+// of kernel_table.h are visible in this namespace too.)
 // A float64 sum in a fixed order (eight lanes, then their total): the result does not
 // depend on the thread count, and the compiler vectorises the lanes.
 template <class T>
@@ -38,7 +40,7 @@ double sum_in_order(const T* x, int64_t n) {
   return total;
 }
 
-double sum_as_double(std::uintptr_t data, int64_t n, DType dtype) {
+double sum_as_double_here(std::uintptr_t data, int64_t n, DType dtype) {
   if (dtype == DType::Float64) return sum_in_order(reinterpret_cast<const double*>(data), n);
   return sum_in_order(reinterpret_cast<const float*>(data), n);
 }
@@ -54,7 +56,7 @@ void range_of(const I* x, int64_t n, int64_t& lo, int64_t& hi) {
   hi = b;
 }
 
-void index_range(std::uintptr_t data, int64_t n, DType dtype, int64_t& lo, int64_t& hi) {
+void index_range_here(std::uintptr_t data, int64_t n, DType dtype, int64_t& lo, int64_t& hi) {
   if (n <= 0) {
     lo = 0;
     hi = -1;
@@ -67,7 +69,7 @@ void index_range(std::uintptr_t data, int64_t n, DType dtype, int64_t& lo, int64
 
 template <class V32, class V64>
 KernelTable make_table(const char* name) {
-  return {name, kernels_for<V32>(), kernels_for<V64>(), sum_as_double, index_range};
+  return {name, kernels_for<V32>(), kernels_for<V64>(), sum_as_double_here, index_range_here};
 }
 
 }  // namespace

@@ -405,6 +405,15 @@ void gradient_from_lse(const T* x, T* d, int64_t cols, T lse, T scale,
     d[i] = vexp(S{x[i] - lse}).v * scale - coefficient<S, HasQ, HasW>(k, i).v;
 }
 
+// Runs block(r) over full blocks of W rows, r0 <= r < r1, and tail(r) over the rows left
+// (the few-classes paths: one row per SIMD lane, then one-lane vectors).
+template <class V, class Block, class Tail>
+void by_blocks(int64_t r0, int64_t r1, Block&& block, Tail&& tail) {
+  int64_t r = r0;
+  for (; r + V::width <= r1; r += V::width) block(r);
+  for (; r < r1; ++r) tail(r);
+}
+
 // Calls f(has_q, has_w) with the two flags as std::bool_constant values, so that the inner
 // loops it instantiates carry no branches for options that are off.
 template <class F>

@@ -63,14 +63,6 @@ void softmax_backward_block(const Rows& grad, const Rows& y, const Rows& dx, boo
   }
 }
 
-// Runs block<V> over full blocks of W rows and block<Scalar> over the rest.
-template <class V, class Block, class Tail>
-void by_blocks(int64_t r0, int64_t r1, Block&& block, Tail&& tail) {
-  int64_t r = r0;
-  for (; r + V::width <= r1; r += V::width) block(r);
-  for (; r < r1; ++r) tail(r);
-}
-
 template <class V, class T = typename V::T>
 void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, int64_t r1) {
   using S = typename V::Scalar;
