@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/op_list.h"
 #include "core/ops.h"
 #include "cpu/kernel_table.h"
 #include "cpu/thread_pool.h"
@@ -23,14 +24,14 @@ namespace {
 template <class Host, class Device>
 void run(const Launch& launch, Host&& host, Device&& device) {
   if (launch.device >= 0 && !cuda::available())
-    throw std::runtime_error("fusedce was built without CUDA support or no GPU is visible");
+    throw std::runtime_error("fusedce cannot run on the GPU: " + cuda::unavailable_reason());
   py::gil_scoped_release no_gil;
   if (launch.device < 0) host();
   else device();
 }
 
-#define FUSEDCE_BIND_OP(name, params, args)                                              \
-  m.def(#name, [] params { run(launch, [&] { cpu::name args; }, [&] { cuda::name args; }); })
+#define FUSEDCE_BIND_OP(name, params, args) \
+  m.def(#name, [] params { run(launch, [&] { cpu::name args; }, [&] { cuda::name args; }); });
 
 }  // namespace
 
@@ -97,35 +98,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("device", &Launch::device)
       .def_readwrite("stream", &Launch::stream);
 
-  FUSEDCE_BIND_OP(softmax_forward, (const Rows& x, const Rows& y, bool log, const Launch& launch),
-                  (x, y, log, launch));
-  FUSEDCE_BIND_OP(softmax_backward,
-                  (const Rows& grad, const Rows& y, const Rows& dx, bool log, const Launch& launch),
-                  (grad, y, dx, log, launch));
-  FUSEDCE_BIND_OP(cross_entropy_forward,
-                  (const Rows& logits, const Target& target, const LossOptions& opt, const RowStats& stats,
-                   const Launch& launch),
-                  (logits, target, opt, stats, launch));
-  FUSEDCE_BIND_OP(cross_entropy_with_grad,
-                  (const Rows& logits, const Target& target, const LossOptions& opt, const RowStats& stats,
-                   const Rows& dx, const Launch& launch),
-                  (logits, target, opt, stats, dx, launch));
-  FUSEDCE_BIND_OP(nll_forward,
-                  (const Rows& logp, const Target& target, const LossOptions& opt, const RowStats& stats,
-                   const Launch& launch),
-                  (logp, target, opt, stats, launch));
-  FUSEDCE_BIND_OP(nll_backward,
-                  (const Rows& logp, const Target& target, const LossOptions& opt, const RowStats& stats,
-                   const Rows& dx, const Launch& launch),
-                  (logp, target, opt, stats, dx, launch));
-  FUSEDCE_BIND_OP(mse_forward,
-                  (const Rows& pred, const Rows& target, const RowStats& stats, const Rows& each,
-                   const Launch& launch),
-                  (pred, target, stats, each, launch));
-  FUSEDCE_BIND_OP(mse_backward,
-                  (const Rows& pred, const Rows& target, const Rows& grad_each, const RowStats& stats,
-                   const Rows& dx, const Launch& launch),
-                  (pred, target, grad_each, stats, dx, launch));
+  FUSEDCE_FOR_EACH_OP(FUSEDCE_BIND_OP)
 
   // Host-side helpers for the Python layer: cheaper than the NumPy equivalents (a float32 to
   // float64 sum, a min and a max) on the per-row arrays of small-class problems.
@@ -152,6 +125,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_available", &cuda::available);
   m.def("cuda_device_count", &cuda::device_count);
   m.def("cuda_build_info", [] { return std::string(cuda::build_info()); });
+  m.def("cuda_unavailable_reason", &cuda::unavailable_reason);
   m.def("vexp", [](std::uintptr_t x, std::uintptr_t y, int64_t n, DType dtype) {
     py::gil_scoped_release no_gil;
     const auto& k = cpu::active_kernels();

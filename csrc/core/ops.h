@@ -17,6 +17,8 @@
 // the row's gradient by its upstream factor RowStats::grad (see types.h).
 #pragma once
 
+#include <string>
+
 #include "types.h"
 
 namespace fusedce {
@@ -50,6 +52,7 @@ namespace cuda {
 FUSEDCE_DECLARE_OPS
 bool available();         // a CUDA device can be used
 int device_count();
+std::string unavailable_reason();  // why not, in words ("" when available)
 const char* build_info();  // e.g. "CUDA 13.0, sm_80 sm_90"
 }
 

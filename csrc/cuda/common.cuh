@@ -11,10 +11,7 @@
 //   Rows are visited with grid-stride loops, so N is never limited by grid dimensions.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#include <cooperative_groups.h>
+#include "simt/simt.cuh"  // CUDA itself under nvcc; the CPU execution model for fusedce.emulated
 
 #include <cstdint>
 #include <cstdlib>
@@ -337,7 +334,7 @@ struct ClusterTeam {
   int ring = 0;
   __device__ explicit ClusterTeam(Storage& s) : st(s), inner(s.block) {}
   __device__ int block_rank() const {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if SIMT_HAS_CLUSTERS
     return static_cast<int>(cooperative_groups::this_cluster().block_rank());
 #else
     return 0;
@@ -351,7 +348,7 @@ struct ClusterTeam {
   __device__ V reduce(V v, Op op) {
     static_assert(sizeof(V) <= 32, "payload too large");
     V r = inner.reduce(v, op);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if SIMT_HAS_CLUSTERS
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
     V* mine = reinterpret_cast<V*>(&st.slot[ring][0]);
@@ -367,7 +364,7 @@ struct ClusterTeam {
     return r;
   }
   __device__ void finish() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if SIMT_HAS_CLUSTERS
     cooperative_groups::this_cluster().sync();
 #endif
   }

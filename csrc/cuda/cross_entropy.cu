@@ -206,7 +206,7 @@ template <typename T, typename Team, int NV>
 __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a) {
   using S = compute_t<T>;
   constexpr int VEC = Pack<T>::N;
-  __shared__ typename Team::Storage storage;
+  SIMT_SHARED(typename Team::Storage, storage);
   Team team(storage);
   const Flags<T> f(a);
   const int rank = team.rank();
@@ -322,7 +322,7 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
 // ---------------------------------------------------------------------------------------------
 
 // Online state of a slice of the row: max m, s = sum exp(x - m), a = sum u (x - m), b = sum u
-// (u = w_c or w_c q'_c). -inf logits add 0 to s and -inf to a.
+// (u = w_c or w_c q'_c). -inf logits add 0 to s and -inf * sign(u) to a.
 template <typename S>
 struct Online {
   S m, s, a, b;
@@ -353,7 +353,7 @@ struct OnlineOp {
 template <typename T, int BLOCK>
 __global__ void __launch_bounds__(BLOCK) rows_streaming(const RowArgs<T> a) {
   using S = compute_t<T>;
-  __shared__ BlockStorage storage;
+  SIMT_SHARED(BlockStorage, storage);
   BlockTeam<BLOCK> team(storage);
   const Flags<T> f(a);
   const int tid = static_cast<int>(threadIdx.x);
@@ -385,7 +385,9 @@ __global__ void __launch_bounds__(BLOCK) rows_streaming(const RowArgs<T> a) {
         u = a.w ? a.w[c] * qq : qq;
       }
       if (u != S(0)) {
-        st.a += (xv == ninf) ? ninf : u * (xv - st.m);
+        // u (x - m) with x = -inf is -inf or, for a negative weight, +inf (as v2 and PyTorch);
+        // written out because st.m may itself still be -inf here
+        st.a += (xv == ninf) ? (u > S(0) ? ninf : -ninf) : u * (xv - st.m);
         st.b += u;
       }
     }
@@ -431,7 +433,7 @@ struct DeviceIntCache {
 
 template <typename T, typename Team, int NV>
 bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, cudaStream_t stream) {
-  auto kernel = rows_resident<T, Team, NV>;
+  constexpr auto kernel = rows_resident<T, Team, NV>;
   static DeviceIntCache cache;
   const int slot = device >= 0 && device < 64 ? device : 0;
   if constexpr (Team::kCluster == 1) {
@@ -439,7 +441,7 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
     constexpr int rows_per_block = Team::kBlock / Team::kThreads;
     const int64_t blocks_needed = (a.n + rows_per_block - 1) / rows_per_block;
     const unsigned grid = grid_for(blocks_needed, props.sm_count, cache.v[slot]);
-    kernel<<<grid, Team::kBlock, 0, stream>>>(a);
+    simt::launch<kernel>(grid, Team::kBlock, stream, a);
     check_launch("rows_resident");
     return true;
   } else {
@@ -470,7 +472,7 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
     if (cache.v[slot] <= 0) return false;
     const int64_t clusters = a.n < cache.v[slot] ? a.n : cache.v[slot];
     cfg.gridDim = dim3(static_cast<unsigned>(clusters * K), 1, 1);
-    check(cudaLaunchKernelEx(&cfg, kernel, a), "rows_resident (cluster)");
+    check(simt::launch_ex<kernel>(cfg, a), "rows_resident (cluster)");
     return true;
   }
 }
@@ -478,11 +480,11 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
 template <typename T>
 void launch_streaming(const RowArgs<T>& a, int device, const DeviceProps& props, cudaStream_t stream) {
   constexpr int kBlock = 512;
-  auto kernel = rows_streaming<T, kBlock>;
+  constexpr auto kernel = rows_streaming<T, kBlock>;
   static DeviceIntCache cache;
   const int slot = device >= 0 && device < 64 ? device : 0;
   if (cache.v[slot] < 0) cache.v[slot] = blocks_per_sm(kernel, kBlock);
-  kernel<<<grid_for(a.n, props.sm_count, cache.v[slot]), kBlock, 0, stream>>>(a);
+  simt::launch<kernel>(grid_for(a.n, props.sm_count, cache.v[slot]), kBlock, stream, a);
   check_launch("rows_streaming");
 }
 

@@ -1,17 +1,20 @@
 // CUDA availability and build information. No kernel here; the device and stream a call
 // runs on come with each op's Launch (see common.cuh: DeviceGuard, stream_of).
 
-#include <cuda_runtime.h>
-
 #include <string>
 
 #include "core/ops.h"
+#include "simt/simt.cuh"
 
 #define FUSEDCE_STR2(...) #__VA_ARGS__
 #define FUSEDCE_STR(...) FUSEDCE_STR2(__VA_ARGS__)
 
 namespace fusedce {
 namespace cuda {
+
+namespace {
+std::string version_text(int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); }
+}  // namespace
 
 int device_count() {
   int n = 0;
@@ -24,10 +27,29 @@ int device_count() {
 
 bool available() { return device_count() > 0; }
 
+std::string unavailable_reason() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  (void)cudaGetLastError();
+  if (e == cudaSuccess && n > 0) return "";
+  if (e == cudaSuccess || e == cudaErrorNoDevice)
+    return "no CUDA GPU is visible to this process (check nvidia-smi and CUDA_VISIBLE_DEVICES)";
+  if (e == cudaErrorInsufficientDriver) {
+    int driver = 0;
+    (void)cudaDriverGetVersion(&driver);
+    return "the NVIDIA driver (CUDA " + version_text(driver) + ") is older than the CUDA runtime fusedce was built with (" +
+           version_text(CUDART_VERSION) + "): update the driver, or build fusedce with an older CUDA toolkit";
+  }
+  return std::string("the CUDA runtime cannot use the GPU: ") + cudaGetErrorString(e);
+}
+
 const char* build_info() {
   static const std::string info = [] {
-    std::string s = "CUDA " + std::to_string(CUDART_VERSION / 1000) + "." +
-                    std::to_string((CUDART_VERSION % 1000) / 10);
+    std::string s = "CUDA " + version_text(CUDART_VERSION);
+#if defined(SIMT_EMULATED)
+    s += ", emulated on the CPU:";
+    for (const auto& d : simt::devices()) s += " " + d.name + " (" + std::to_string(d.sm_count) + " SMs)";
+#endif
 #ifdef __CUDA_ARCH_LIST__
     // e.g. "800,900,900": real code for each, PTX for the newest
     const std::string list = FUSEDCE_STR(__CUDA_ARCH_LIST__);
@@ -47,7 +69,7 @@ const char* build_info() {
 #endif
     int driver = 0;
     if (cudaDriverGetVersion(&driver) == cudaSuccess && driver > 0)
-      s += "; driver " + std::to_string(driver / 1000) + "." + std::to_string((driver % 1000) / 10);
+      s += "; driver " + version_text(driver);
     else
       (void)cudaGetLastError();
     return s;

@@ -33,7 +33,7 @@ struct MseArgs {
 template <typename T, typename Team>
 __global__ void __launch_bounds__(Team::kBlock) mse_forward_kernel(const T* x, int64_t x_stride, MseArgs a) {
   using S = compute_t<T>;
-  __shared__ typename Team::Storage storage;
+  SIMT_SHARED(typename Team::Storage, storage);
   Team team(storage);
   const int rank = team.rank();
   for (int64_t base = team.begin(); base < a.n; base += team.step()) {
@@ -59,7 +59,7 @@ template <typename T, typename Team>
 __global__ void __launch_bounds__(Team::kBlock)
     mse_backward_kernel(const T* x, int64_t x_stride, T* dx, int64_t dx_stride, MseArgs a) {
   using S = compute_t<T>;
-  __shared__ typename Team::Storage storage;
+  SIMT_SHARED(typename Team::Storage, storage);
   Team team(storage);
   const int rank = team.rank();
   for (int64_t base = team.begin(); base < a.n; base += team.step()) {
@@ -82,9 +82,9 @@ void mse_launch(bool backward, const T* xp, int64_t xs, T* dp, int64_t ds, const
                 cudaStream_t s) {
   const unsigned grid = team_grid<Team>(a.n, props.sm_count);
   if (backward)
-    mse_backward_kernel<T, Team><<<grid, Team::kBlock, 0, s>>>(xp, xs, dp, ds, a);
+    simt::launch<mse_backward_kernel<T, Team>>(grid, Team::kBlock, s, xp, xs, dp, ds, a);
   else
-    mse_forward_kernel<T, Team><<<grid, Team::kBlock, 0, s>>>(xp, xs, a);
+    simt::launch<mse_forward_kernel<T, Team>>(grid, Team::kBlock, s, xp, xs, a);
 }
 
 template <typename T>

@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(Team::kBlock)
                         int64_t g_stride, bool vec) {
   using S = compute_t<T>;
   constexpr int VEC = Pack<T>::N;
-  __shared__ typename Team::Storage storage;
+  SIMT_SHARED(typename Team::Storage, storage);
   Team team(storage);
   const int rank = team.rank();
   const int packs = (a.c + VEC - 1) / VEC;
@@ -112,8 +112,8 @@ void nll_forward_typed(const Rows& y, const Target& target, const LossOptions& o
   DeviceGuard guard(launch.device);
   const DeviceProps props = device_props(launch.device);
   const unsigned grid = grid_for((a.n + 255) / 256, props.sm_count, 8);
-  nll_forward_kernel<T><<<grid, 256, 0, stream_of(launch)>>>(reinterpret_cast<const T*>(y.data), y.row_stride, a,
-                                                           reinterpret_cast<compute_t<T>*>(stats.loss));
+  simt::launch<nll_forward_kernel<T>>(grid, 256, stream_of(launch), reinterpret_cast<const T*>(y.data), y.row_stride,
+                                      a, reinterpret_cast<compute_t<T>*>(stats.loss));
   check_launch("nll_forward");
 }
 
@@ -132,16 +132,16 @@ void nll_backward_typed(const Rows& y, const Target& target, const LossOptions& 
   const int packs = (a.c + Pack<T>::N - 1) / Pack<T>::N;
   if (packs <= 4) {
     using Team = SubWarpTeam<4, 256>;
-    nll_backward_kernel<T, Team><<<team_grid<Team>(a.n, props.sm_count), Team::kBlock, 0, s>>>(dp, dx.row_stride, a,
-                                                                                                g, gs, vec);
+    simt::launch<nll_backward_kernel<T, Team>>(team_grid<Team>(a.n, props.sm_count), Team::kBlock, s, dp, dx.row_stride,
+                                               a, g, gs, vec);
   } else if (packs <= 1024) {
     using Team = SubWarpTeam<32, 256>;
-    nll_backward_kernel<T, Team><<<team_grid<Team>(a.n, props.sm_count), Team::kBlock, 0, s>>>(dp, dx.row_stride, a,
-                                                                                                g, gs, vec);
+    simt::launch<nll_backward_kernel<T, Team>>(team_grid<Team>(a.n, props.sm_count), Team::kBlock, s, dp, dx.row_stride,
+                                               a, g, gs, vec);
   } else {
     using Team = BlockTeam<256>;
-    nll_backward_kernel<T, Team><<<team_grid<Team>(a.n, props.sm_count), Team::kBlock, 0, s>>>(dp, dx.row_stride, a,
-                                                                                                g, gs, vec);
+    simt::launch<nll_backward_kernel<T, Team>>(team_grid<Team>(a.n, props.sm_count), Team::kBlock, s, dp, dx.row_stride,
+                                               a, g, gs, vec);
   }
   check_launch("nll_backward");
 }

@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(Team::kBlock)
     softmax_backward_kernel(const T* g, int64_t g_stride, const T* y,
                             int64_t y_stride, T* dx, int64_t dx_stride, int64_t n, int c, bool log) {
   using S = compute_t<T>;
-  __shared__ typename Team::Storage storage;
+  SIMT_SHARED(typename Team::Storage, storage);
   Team team(storage);
   const int rank = team.rank();
   for (int64_t base = team.begin(); base < n; base += team.step()) {
@@ -69,16 +69,16 @@ void softmax_backward_typed(const Rows& grad, const Rows& y, const Rows& dx, boo
   T* dp = reinterpret_cast<T*>(dx.data);
   if (c <= 16) {
     using Team = SubWarpTeam<4, 256>;
-    softmax_backward_kernel<T, Team><<<team_grid<Team>(n, props.sm_count), Team::kBlock, 0, s>>>(
-        gp, grad.row_stride, yp, y.row_stride, dp, dx.row_stride, n, c, log);
+    simt::launch<softmax_backward_kernel<T, Team>>(team_grid<Team>(n, props.sm_count), Team::kBlock, s, gp, grad.row_stride,
+                                                   yp, y.row_stride, dp, dx.row_stride, n, c, log);
   } else if (c <= 1024) {
     using Team = SubWarpTeam<32, 256>;
-    softmax_backward_kernel<T, Team><<<team_grid<Team>(n, props.sm_count), Team::kBlock, 0, s>>>(
-        gp, grad.row_stride, yp, y.row_stride, dp, dx.row_stride, n, c, log);
+    simt::launch<softmax_backward_kernel<T, Team>>(team_grid<Team>(n, props.sm_count), Team::kBlock, s, gp, grad.row_stride,
+                                                   yp, y.row_stride, dp, dx.row_stride, n, c, log);
   } else {
     using Team = BlockTeam<256>;
-    softmax_backward_kernel<T, Team><<<team_grid<Team>(n, props.sm_count), Team::kBlock, 0, s>>>(
-        gp, grad.row_stride, yp, y.row_stride, dp, dx.row_stride, n, c, log);
+    simt::launch<softmax_backward_kernel<T, Team>>(team_grid<Team>(n, props.sm_count), Team::kBlock, s, gp, grad.row_stride,
+                                                   yp, y.row_stride, dp, dx.row_stride, n, c, log);
   }
   check_launch("softmax_backward");
 }
