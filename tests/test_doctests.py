@@ -12,7 +12,7 @@ import pytest
 import fusedce
 
 # Modules whose import needs an optional dependency, and that dependency.
-OPTIONAL = {"fusedce.torch": "torch"}
+OPTIONAL = {"fusedce.torch": "torch", "fusedce.emulated": "fusedce._emulated"}
 # Never imported here: running it is running the demo.
 EXCLUDED = {"fusedce.__main__"}
 # Doctests that need an optional dependency at run time (not at import).

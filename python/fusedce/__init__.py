@@ -4,7 +4,8 @@ The functions take NumPy arrays (SIMD, multithreaded C++ kernels) or CUDA arrays
 anything with ``__cuda_array_interface__`` / a CUDA ``__dlpack__``: CUDA kernels on the
 current stream) and return arrays of the same kind. ``fusedce.reference`` holds the plain
 NumPy definitions they are tested against; ``fusedce.torch`` (imported on demand) the
-PyTorch drop-ins. See docs/api.md for the contract.
+PyTorch drop-ins; ``fusedce.emulated`` (imported on demand, when built) the same functions
+run by the CUDA kernels on the CPU, for tests. See docs/api.md for the contract.
 """
 
 from __future__ import annotations

@@ -5,12 +5,19 @@ classes contiguous.  :func:`class_rows` moves the class axis last and flattens t
 into rows, without a copy whenever the layout allows one.  NumPy arrays stay on the host;
 CuPy arrays, and any object exposing ``__cuda_array_interface__`` or a CUDA ``__dlpack__``,
 are taken as CuPy arrays (zero-copy) and run on the current CUDA stream.
+
+bfloat16 arrives two ways: as PyTorch CUDA tensors (CuPy has no bfloat16, so the kernels
+get an int16 view of their storage and a flag) and as NumPy arrays of ``ml_dtypes.bfloat16``
+(a real NumPy dtype). ml_dtypes is never imported here: an array of its dtype can only
+exist once its caller has imported it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +41,7 @@ def _cupy():
         import cupy
     except ImportError as exc:  # pragma: no cover - only without cupy
         raise TypeError(
-            "CUDA arrays need CuPy (pip install cupy-cuda12x or cupy-cuda13x)"
+            "CUDA arrays need CuPy (pip install 'fusedce[cuda]', i.e. cupy-cuda13x)"
         ) from exc
     return cupy
 
@@ -43,9 +50,37 @@ def is_torch(a: Any) -> bool:
     return type(a).__module__.startswith("torch")
 
 
-def is_bfloat16(a: Any) -> bool:
-    """A PyTorch bfloat16 tensor (NumPy and CuPy have no bfloat16 dtype)."""
+def ml_bfloat16():
+    """NumPy's dtype for ``ml_dtypes.bfloat16``, or None while ml_dtypes is not imported."""
+    mod = sys.modules.get("ml_dtypes")
+    bf16 = getattr(mod, "bfloat16", None)
+    return None if bf16 is None else np.dtype(bf16)
+
+
+def _is_ml_bfloat16(dtype) -> bool:
+    bf16 = ml_bfloat16()
+    return bf16 is not None and isinstance(dtype, np.dtype) and dtype == bf16
+
+
+def is_torch_bfloat16(a: Any) -> bool:
+    """A PyTorch bfloat16 tensor (its storage reaches CuPy as int16: see :func:`as_array`)."""
     return is_torch(a) and str(getattr(a, "dtype", "")) == "torch.bfloat16"
+
+
+def is_bfloat16(a: Any) -> bool:
+    """Whether ``a`` holds bfloat16 values: a PyTorch bfloat16 tensor or an array of
+    ``ml_dtypes.bfloat16``."""
+    return is_torch_bfloat16(a) or _is_ml_bfloat16(getattr(a, "dtype", None))
+
+
+def dtype_name(a: Any, arr) -> str:
+    """The name of the dtype of the values of ``a``, whose array (from :func:`as_array`) is
+    ``arr``: "bfloat16" for bfloat16 whatever its storage, else NumPy's name ("float32").
+    A dtype named bfloat16 that is not ml_dtypes' gets its module added (and is refused)."""
+    if is_bfloat16(a):
+        return "bfloat16"
+    name = np.dtype(arr.dtype).name
+    return f"{name} ({np.dtype(arr.dtype).type.__module__})" if name == "bfloat16" else name
 
 
 def _is_cuda_object(a: Any) -> bool:
@@ -77,7 +112,14 @@ def _device_of(a: Any, cupy) -> int:
 
 @dataclass(frozen=True)
 class Backend:
-    """Where an op runs: ``xp`` is numpy or cupy; ``device`` is -1 for the host.
+    """Where an op runs and which kernels run it.
+
+    ``xp`` is the kind of array the data lives in (numpy or cupy). ``ops`` is the module
+    whose op functions (``softmax_forward``, ``cross_entropy_with_grad``...) run the
+    kernels: ``_core`` (CPU kernels, or CUDA kernels on a real GPU) or ``_emulated`` (the
+    CUDA kernels executed on the host). ``cuda_kernels`` says the kernels are the CUDA ones,
+    which read float16 and bfloat16 themselves. ``device`` is -1 for the CPU kernels,
+    otherwise the CUDA device, real (cupy) or emulated (numpy).
 
     ``torch_stream`` is set when the caller's arrays are PyTorch CUDA tensors: the op then
     runs on PyTorch's current stream and its results come back as PyTorch tensors.
@@ -85,11 +127,15 @@ class Backend:
 
     xp: Any
     device: int
+    ops: Any = _core
+    cuda_kernels: bool = False
     torch_stream: Any = None
 
     @property
     def on_gpu(self) -> bool:
-        return self.device >= 0
+        """The arrays live on a CUDA device (``xp`` is cupy): values there cost a
+        synchronisation to read from the host."""
+        return self.xp is not np
 
     def activate(self):
         """A context in which CuPy allocates and runs on this backend's device and stream."""
@@ -102,8 +148,10 @@ class Backend:
         return stack
 
     def launch(self) -> _core.Launch:
-        if not self.on_gpu:
+        if not self.cuda_kernels:
             return _core.Launch()
+        if not self.on_gpu:  # emulated: host memory, no stream
+            return _core.Launch(self.device, 0)
         return _core.Launch(self.device, self.xp.cuda.get_current_stream().ptr)
 
     def to_caller(self, a, bfloat16: bool = False):
@@ -116,7 +164,7 @@ class Backend:
         return t.view(torch.bfloat16) if bfloat16 else t
 
 
-HOST = Backend(np, -1)
+HOST = Backend(np, -1)  # the CPU kernels of _core
 
 
 def backend_of(named: dict[str, Any]) -> Backend:
@@ -127,7 +175,7 @@ def backend_of(named: dict[str, Any]) -> Backend:
             continue
         if _is_cuda_object(a):
             cupy = _cupy()
-            found[name] = (Backend(cupy, _device_of(a, cupy)), is_torch(a))
+            found[name] = (Backend(cupy, _device_of(a, cupy), _core, True), is_torch(a))
         else:
             found[name] = (HOST, False)
     kinds = {b for b, _ in found.values()}
@@ -144,13 +192,14 @@ def backend_of(named: dict[str, Any]) -> Backend:
         import torch
 
         stream = torch.cuda.current_stream(backend.device).cuda_stream
-        backend = Backend(backend.xp, backend.device, stream)
+        backend = dataclasses.replace(backend, torch_stream=stream)
     return backend
 
 
 def as_array(a: Any, backend: Backend, name: str):
     """``a`` as a numpy or cupy array, zero-copy when it already is one. A PyTorch bfloat16
-    tensor on the GPU comes back as an int16 view of its storage (see is_bfloat16)."""
+    tensor on the GPU comes back as an int16 view of its storage (see is_torch_bfloat16):
+    callers that read its values must know that; :func:`values` does."""
     if backend.on_gpu:
         cupy = backend.xp
         if isinstance(a, (numbers.Number, np.generic)):
@@ -161,12 +210,15 @@ def as_array(a: Any, backend: Backend, name: str):
             import torch
 
             t = a.detach()
-            return cupy.from_dlpack(t.view(torch.int16) if is_bfloat16(a) else t)
+            return cupy.from_dlpack(t.view(torch.int16) if is_torch_bfloat16(a) else t)
         if hasattr(a, "__dlpack__"):
             return cupy.from_dlpack(a)
         return cupy.asarray(a)
     if isinstance(a, np.ndarray):
         return a
+    if is_torch_bfloat16(a):
+        raise TypeError(f"{name}: NumPy cannot hold a bfloat16 CPU tensor; convert it "
+                        "(tensor.float()) or use fusedce.torch")
     try:
         arr = np.asarray(a)
     except Exception as exc:
@@ -174,15 +226,67 @@ def as_array(a: Any, backend: Backend, name: str):
     return arr
 
 
+def _real(dtype) -> bool:
+    dtype = np.dtype(dtype)
+    return (dtype.kind in "fiu" and dtype != np.bool_) or _is_ml_bfloat16(dtype)
+
+
+def values(a: Any, backend: Backend, name: str, dtype):
+    """The values of a side input (class weights, an upstream gradient, ``lse``, targets read
+    beside the input...) as a numpy or cupy array of ``dtype``, converted value by value.
+
+    Nothing is ever reinterpreted: a PyTorch bfloat16 tensor is converted by PyTorch to
+    float32 first (NumPy and CuPy cannot read bfloat16), an ``ml_dtypes.bfloat16`` array by
+    ``astype``. Zero-copy when ``a`` already is an array of ``dtype``. Raises TypeError
+    naming the argument for anything that is not an array (or scalar) of real numbers.
+    """
+    dtype = np.dtype(dtype)
+    if is_torch(a):
+        a = a.detach()
+        if is_torch_bfloat16(a):
+            a = a.float()
+    arr = as_array(a, backend, name)
+    if not _real(arr.dtype):
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return arr.astype(dtype, copy=False)
+
+
 def pointer(a) -> int:
-    """The address of an array's first element (numpy or cupy)."""
+    """The address of an array's first element (numpy, cupy, or any array whose ``data``
+    has a ``ptr``)."""
     if isinstance(a, np.ndarray):
         return a.__array_interface__["data"][0] if a.size else 0
     return int(a.data.ptr) if a.size else 0
 
 
+def byte_extent(a) -> tuple[int, int]:
+    """The bytes ``[start, stop)`` an array's elements occupy, from its pointer, shape and
+    strides (negative strides included); ``(0, 0)`` for an empty array."""
+    if a.size == 0:
+        return 0, 0
+    start = stop = pointer(a)
+    for n, stride in zip(a.shape, a.strides):
+        if stride < 0:
+            start += stride * (n - 1)
+        else:
+            stop += stride * (n - 1)
+    return start, stop + a.dtype.itemsize
+
+
+def may_overlap(a, b) -> bool:
+    """Whether two arrays of one backend may share memory: their byte extents intersect.
+    Works for any array with a pointer, shape and strides (numpy, cupy); conservative, as
+    interleaved views that touch no common byte still count as overlapping."""
+    a0, a1 = byte_extent(a)
+    b0, b1 = byte_extent(b)
+    return a0 < b1 and b0 < a1
+
+
 def dtype_code(dtype) -> _core.DType:
-    return _DTYPES[np.dtype(dtype)]
+    dtype = np.dtype(dtype)
+    if _is_ml_bfloat16(dtype):
+        return _core.DType.bfloat16
+    return _DTYPES[dtype]
 
 
 def _flat_rows(moved, xp):
@@ -227,11 +331,13 @@ def class_rows(x, axis: int, xp, *, writable_view: bool = False):
 
 
 def rows_struct(rows2d, bfloat16: bool = False) -> _core.Rows:
-    """The kernels' view of a (rows, C) array; ``bfloat16`` marks int16 storage of bf16."""
+    """The kernels' view of a (rows, C) array; ``bfloat16`` says that int16 rows are the
+    storage of bfloat16 values (PyTorch's, see :func:`as_array`)."""
     n, c = rows2d.shape
     item = rows2d.dtype.itemsize
     stride = rows2d.strides[0] // item if n > 1 else c
-    code = _core.DType.bfloat16 if bfloat16 else dtype_code(rows2d.dtype)
+    bits = bfloat16 and rows2d.dtype == np.int16
+    code = _core.DType.bfloat16 if bits else dtype_code(rows2d.dtype)
     return _core.Rows(pointer(rows2d), n, c, stride, code)
 
 

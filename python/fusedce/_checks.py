@@ -8,7 +8,10 @@ import numbers
 import numpy as np
 
 REDUCTIONS = ("none", "sum", "mean")
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+# The floating dtypes accepted, by name: bfloat16 is PyTorch's or ml_dtypes' (NumPy has none
+# of its own), so arrays are matched by the name of their values' dtype (_arrays.dtype_name).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+FLOAT_DTYPES_TEXT = "float16, bfloat16, float32 or float64"
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
@@ -17,11 +20,12 @@ def compute_dtype(dtype) -> np.dtype:
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
-def floating(a, name: str):
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{name} must be a float16, float32 or float64 array, got dtype {a.dtype}"
-        )
+def floating(a, name: str, dtype_name: str | None = None):
+    """``a`` (an array) if it is a floating array of at least one dimension. ``dtype_name``
+    is the name of its values' dtype when its storage says otherwise (bfloat16 as int16)."""
+    dtype_name = dtype_name or a.dtype.name
+    if dtype_name not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a {FLOAT_DTYPES_TEXT} array, got dtype {dtype_name}")
     if a.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
     return a

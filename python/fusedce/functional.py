@@ -4,6 +4,11 @@ Each function moves the class axis last (a view whenever possible), hands the ke
 (rows x classes) matrices through :mod:`fusedce._arrays`, and shapes the results back.
 Reductions over rows ("sum", "mean") are done here from the kernels' per-row losses, in
 float64, so they do not depend on the number of threads.
+
+Each public function is an implementation ``f(backend, ...)`` wrapped by :func:`_runs_where`,
+which picks the :class:`fusedce._arrays.Backend` from where the arrays live; the kernels are
+called through ``backend.ops``. :mod:`fusedce.emulated` wraps the same implementations with
+a backend of its own (:func:`_runs_on`): NumPy arrays, CUDA kernels run on the host.
 """
 
 from __future__ import annotations
@@ -39,24 +44,24 @@ __all__ = [
 class _Input:
     """A floating input viewed as (rows, classes), in the dtype the kernels will read.
 
-    The CPU kernels read float32 and float64, so float16 is converted to float32 there; the
-    CUDA kernels read float16 and bfloat16 themselves (bfloat16 arrives from PyTorch as an
-    int16 view of its storage, ``self.bf16``).
+    The CPU kernels read float32 and float64, so float16 and bfloat16 are converted to
+    float32 for them (and results converted back); the CUDA kernels, on a GPU or emulated,
+    read float16 and bfloat16 themselves. bfloat16 (``self.bf16``) is either an
+    ``ml_dtypes.bfloat16`` NumPy array or a PyTorch CUDA tensor, which arrives as an int16
+    view of its storage.
     """
 
     def __init__(self, x, axis, name, backend):
-        self.backend, self.original = backend, x
+        self.backend, self.original, self.name = backend, x, name
         xp = self.xp = backend.xp
-        self.bf16 = backend.on_gpu and arrays.is_bfloat16(x)
         self.array = arrays.as_array(x, backend, name)
-        if not self.bf16:
-            checks.floating(self.array, name)
-        elif self.array.ndim == 0:
-            raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
+        self.dtype_name = arrays.dtype_name(x, self.array)  # of the values: "bfloat16"...
+        self.bf16 = self.dtype_name == "bfloat16"
+        checks.floating(self.array, name, self.dtype_name)
         self.axis = checks.axis_index(axis, self.array.ndim)
-        self.dtype = self.array.dtype  # the storage dtype (int16 for bfloat16)
+        self.dtype = self.array.dtype  # the storage dtype (int16 for PyTorch's bfloat16)
         self.cdtype = np.dtype(np.float32) if self.bf16 else checks.compute_dtype(self.dtype)
-        native = self.bf16 or self.dtype == self.cdtype or backend.on_gpu
+        native = self.dtype == self.cdtype or backend.cuda_kernels
         source = self.array if native else self.array.astype(self.cdtype)
         self.rows, self.moved_shape, copied = arrays.class_rows(source, self.axis, xp)
         self.is_view = not copied and native
@@ -72,17 +77,42 @@ class _Input:
         return arrays.rows_struct(self.rows, self.bf16)
 
     def like(self, other, name):
-        """Another array of the same shape (grad, y, probabilities...), as rows."""
+        """Another input of the same shape and dtype (softmax_backward's grad), as rows."""
+        arr = arrays.as_array(other, self.backend, name)
+        other_dtype = arrays.dtype_name(other, arr)
+        checks.floating(arr, name, other_dtype)
+        checks.same_shape(arr, self.array.shape, name, f"the shape of {self.name}")
+        if other_dtype != self.dtype_name:
+            raise TypeError(f"{name} and {self.name} must have the same dtype, got "
+                            f"{other_dtype} and {self.dtype_name} ({self.name})")
         return _Input(other, self.axis, name, self.backend)
+
+    def side(self, a, name, what):
+        """A side input shaped like this one that the kernels read beside it (probability
+        targets, mse's target and per-element upstream gradient), as rows of its values in
+        the dtype the kernels read this input in; ``what`` says why the shape must match."""
+        if self.rows.dtype == np.int16:  # PyTorch's bfloat16 storage: CuPy cannot make any
+            if not arrays.is_bfloat16(a):
+                raise TypeError(f"{name} must be bfloat16 like {self.name}")
+            v, source = arrays.as_array(a, self.backend, name), a
+        else:
+            v = source = arrays.values(a, self.backend, name, self.storage_dtype)
+        checks.same_shape(v, self.array.shape, name, what)
+        return _Input(source, self.axis, name, self.backend)
 
     def to_caller(self, a, bf16=False):
         return self.backend.to_caller(a, bf16)
 
 
 class _Output:
-    """Where a kernel writes a (rows, classes) result, and how it reaches the caller."""
+    """Where a kernel writes a (rows, classes) result, and how it reaches the caller.
 
-    def __init__(self, inp: _Input, out=None, inplace=False, name="out"):
+    The kernels write straight into ``out=`` (or the input, for inplace) when they can;
+    when ``out`` overlaps the input, or another input the kernel reads (``reads``: _Inputs),
+    other than as an exact alias, they write a temporary that is copied to it afterwards.
+    """
+
+    def __init__(self, inp: _Input, out=None, inplace=False, name="out", reads=()):
         xp = inp.xp
         self.inp, self.target, self.caller_result = inp, None, None
         if inplace:
@@ -94,13 +124,15 @@ class _Output:
             self.target, self.caller_result = inp.array, inp.original
         elif out is not None:
             out_arr = arrays.as_array(out, inp.backend, name)
-            if inp.bf16 != arrays.is_bfloat16(out):
-                raise TypeError(f"{name} must have the dtype of the input")
+            out_dtype = arrays.dtype_name(out, out_arr)
+            if out_dtype != inp.dtype_name:
+                raise TypeError(f"{name} must have dtype {inp.dtype_name} (that of "
+                                f"{inp.name}), got {out_dtype}")
             checks.writable_out(out_arr, inp.array.shape, inp.dtype, xp, name)
             self.target, self.caller_result = out_arr, out
         if self.target is not None and inp.is_view:
             rows, _, copied = arrays.class_rows(self.target, inp.axis, xp)
-            if not copied and (inplace or not _overlaps(xp, self.target, inp, rows)):
+            if not copied and (inplace or not any(_overlaps(rows, i) for i in (inp, *reads))):
                 self.rows, self.copy_back = rows, False
                 return
         self.copy_back = self.target is not None
@@ -123,10 +155,11 @@ class _Output:
         return inp.to_caller(full, inp.bf16)
 
 
-def _overlaps(xp, out, inp, rows):
-    """Whether out= overlaps the input other than as an exact alias (kernels may run in place,
-    element for element, but not over a shifted copy of their input)."""
-    if xp is not np or not np.may_share_memory(out, inp.array):
+def _overlaps(rows, inp: _Input):
+    """Whether the output rows overlap the rows an input is read from other than as an exact
+    alias (the kernels may run in place, element for element, but not over a shifted copy of
+    their input). Decided from byte extents, so it holds for any kind of array."""
+    if not arrays.may_overlap(rows, inp.rows):
         return False
     same = rows.shape == inp.rows.shape and rows.strides == inp.rows.strides
     return not (same and arrays.pointer(rows) == arrays.pointer(inp.rows))
@@ -139,14 +172,10 @@ class _Target:
         xp = inp.xp
         t = arrays.as_array(target, inp.backend, "target")
         self.ignore_index = ignore_index
-        if (t.dtype in checks.FLOAT_DTYPES or arrays.is_bfloat16(target)) and allow_probs:
+        if arrays.dtype_name(target, t) in checks.FLOAT_DTYPES and allow_probs:
             checks.same_shape(t, inp.array.shape, "target", "probability targets have the logits' shape")
-            if inp.bf16 != arrays.is_bfloat16(target):
-                if inp.bf16:
-                    raise TypeError("target: probability targets for bfloat16 logits must be bfloat16")
-                raise TypeError("target: bfloat16 probability targets need bfloat16 logits")
-            probs = inp.like(target if inp.bf16 else t.astype(inp.storage_dtype, copy=False), "target")
-            self.probs = probs.rows
+            probs = inp.side(target, "target", "probability targets have the logits' shape")
+            self.probs, self.probs_input = probs.rows, probs
             self.index = None
             rows = probs.struct()
             self.struct = _core.Target(_core.TargetKind.probabilities, rows.data, rows.dtype,
@@ -156,7 +185,7 @@ class _Target:
             what = "class indices (int32 or int64)"
             if allow_probs:
                 what += " or class probabilities (floating, the logits' shape)"
-            raise TypeError(f"target must hold {what}, got dtype {t.dtype}")
+            raise TypeError(f"target must hold {what}, got dtype {arrays.dtype_name(target, t)}")
         checks.same_shape(t, inp.row_shape, "target", "the logits' shape without the class axis")
         flat = xp.ascontiguousarray(t.reshape(-1))
         # Two reductions decide the common case (every index valid, none ignored) cheaply;
@@ -196,12 +225,10 @@ def _weight(weight, inp: _Input, validate=True):
     if weight is None:
         return None
     xp = inp.xp
-    w = arrays.as_array(weight, inp.backend, "weight")
-    if w.dtype.kind not in "fiu" or w.dtype == np.bool_:
-        raise TypeError(f"weight must be a real-valued array, got dtype {w.dtype}")
+    w = arrays.values(weight, inp.backend, "weight", inp.cdtype)
     if w.shape != (inp.c,):
         raise ValueError(f"weight must have shape ({inp.c},) (one weight per class), got {tuple(w.shape)}")
-    w = xp.ascontiguousarray(w, dtype=inp.cdtype)
+    w = xp.ascontiguousarray(w)
     if (validate or not inp.backend.on_gpu) and not bool(xp.isfinite(w).all()):
         raise ValueError("weight must hold finite values")
     return w
@@ -215,7 +242,7 @@ def _denominator(reduction, target: _Target, weight, inp: _Input):
     """What "mean" divides by: the weight of the counted rows (their number for probabilities).
 
     A Python float on the host; a 0-d device array on a GPU, so that no value has to come
-    back to the host (the call stays free of synchronisation and CUDA-graph capturable).
+    back to the host (no synchronisation).
     """
     if reduction != "mean":
         return None
@@ -250,45 +277,56 @@ def _grad_factors(grad_loss, reduction, denom, inp: _Input, row_shape):
     """RowStats' upstream factors: (array kept alive, stride)."""
     xp, cdtype = inp.xp, inp.cdtype
     if reduction == "none" and getattr(grad_loss, "ndim", 0) > 0:
-        g = arrays.as_array(grad_loss, inp.backend, "grad_loss")
+        g = arrays.values(grad_loss, inp.backend, "grad_loss", cdtype)
         checks.same_shape(g, row_shape, "grad_loss", "the per-row loss of reduction='none'")
         return arrays.flat_vector(g, xp, cdtype), 1
     g = checks.scalar_grad(grad_loss)
+    g = arrays.values(g, inp.backend, "grad_loss", np.float64).reshape(())
     if xp is np:
-        g = float(np.asarray(g).reshape(()))
-    else:
-        g = xp.asarray(g, dtype=np.float64).reshape(())
+        g = float(g)
     if reduction == "mean":
         g = _divide(g, denom, xp)
     return xp.asarray(g, dtype=cdtype).reshape(1), 0
 
 
+def _public(func, array_params, choose_backend):
+    """``func(backend, *args, **kwargs)`` as a public function of ``(*args, **kwargs)``:
+    ``choose_backend`` receives the array arguments by name (``array_params``; absent ones
+    left out, None kept) and returns the Backend the call runs on."""
+    sig = inspect.signature(func)
+    public = sig.replace(parameters=list(sig.parameters.values())[1:])
+    positional = [p.name for p in public.parameters.values()
+                  if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    by_position = [(i, name) for i, name in enumerate(positional) if name in array_params]
+    by_keyword = [name for name in array_params if name not in positional]
+
+    @functools.wraps(func)
+    def op(*args, **kwargs):
+        named = {name: args[i] for i, name in by_position if i < len(args)}
+        for name in by_keyword + [n for _, n in by_position if n in kwargs]:
+            named[name] = kwargs.get(name)
+        backend = choose_backend(named)
+        with backend.activate():  # unknown keywords raise TypeError in the call below
+            return func(backend, *args, **kwargs)
+
+    op.__signature__ = public
+    op._implementation = (func, array_params)
+    return op
+
+
 def _runs_where(*array_params):
     """Decorator: the op runs where its array arguments live (host or CUDA device, on the
     current stream); the function receives that Backend as its first argument, which its
-    public signature leaves out."""
+    public signature leaves out. :func:`_runs_on` makes the same op run on another choice
+    of backend (fusedce.emulated)."""
+    return lambda func: _public(func, array_params, arrays.backend_of)
 
-    def wrap(func):
-        sig = inspect.signature(func)
-        public = sig.replace(parameters=list(sig.parameters.values())[1:])
-        positional = [p.name for p in public.parameters.values()
-                      if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-        by_position = [(i, name) for i, name in enumerate(positional) if name in array_params]
-        by_keyword = [name for name in array_params if name not in positional]
 
-        @functools.wraps(func)
-        def op(*args, **kwargs):
-            named = {name: args[i] for i, name in by_position if i < len(args)}
-            for name in by_keyword + [n for _, n in by_position if n in kwargs]:
-                named[name] = kwargs.get(name)
-            backend = arrays.backend_of(named)
-            with backend.activate():  # unknown keywords raise TypeError in the call below
-                return func(backend, *args, **kwargs)
-
-        op.__signature__ = public
-        return op
-
-    return wrap
+def _runs_on(op, choose_backend):
+    """A public op of this module that runs on ``choose_backend(named arrays)`` instead of
+    where its arrays live: the same implementation, signature and docstring."""
+    func, array_params = op._implementation
+    return _public(func, array_params, choose_backend)
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,7 +336,7 @@ def _runs_where(*array_params):
 def _softmax(backend, x, axis, out, log):
     inp = _Input(x, axis, "x", backend)
     res = _Output(inp, out)
-    _core.softmax_forward(inp.struct(), res.struct(), log, inp.backend.launch())
+    backend.ops.softmax_forward(inp.struct(), res.struct(), log, backend.launch())
     return res.result()
 
 
@@ -308,7 +346,8 @@ def softmax(backend, x, axis=-1, *, out=None):
 
     Parameters
     ----------
-    x : array_like (float16, float32 or float64), at least 1-D
+    x : array_like (float16, bfloat16, float32 or float64), at least 1-D
+        bfloat16 as an ``ml_dtypes.bfloat16`` NumPy array or a PyTorch CUDA tensor.
     axis : int, default -1
         The class axis.
     out : ndarray, optional
@@ -351,14 +390,9 @@ def log_softmax(backend, x, axis=-1, *, out=None):
 
 def _softmax_bwd(backend, grad, y, axis, out, log):
     yi = _Input(y, axis, "y", backend)
-    g = arrays.as_array(grad, backend, "grad")
-    checks.floating(g, "grad")
-    checks.same_shape(g, yi.array.shape, "grad", "the shape of y")
-    if g.dtype != yi.dtype:
-        raise TypeError(f"grad and y must have the same dtype, got {g.dtype} and {yi.dtype} (y)")
-    gi = yi.like(g, "grad")
-    res = _Output(yi, out)
-    _core.softmax_backward(gi.struct(), yi.struct(), res.struct(), log, backend.launch())
+    gi = yi.like(grad, "grad")
+    res = _Output(yi, out, reads=(gi,))
+    backend.ops.softmax_backward(gi.struct(), yi.struct(), res.struct(), log, backend.launch())
     return res.result()
 
 
@@ -421,6 +455,8 @@ class _LossCall:
         self.options = _options(self.weight, ignore_index, self.eps)
         self.denom = _denominator(self.reduction, self.target, self.weight, self.inp)
         self.launch = backend.launch()
+        # the other N x C input the kernels read (probability targets), for _Output
+        self.reads = () if self.target.probs is None else (self.target.probs_input,)
 
     def per_row(self, dtype=None):
         return self.inp.xp.empty(self.inp.n, dtype=dtype or self.inp.cdtype)
@@ -450,7 +486,7 @@ def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, re
 
     Parameters
     ----------
-    logits : array_like, float16/float32/float64, class axis ``axis`` (C classes)
+    logits : array_like, float16/bfloat16/float32/float64, class axis ``axis`` (C classes)
     target : array_like
         int32/int64 class indices, shape = ``logits.shape`` without the class axis; or
         floating class probabilities with the shape of ``logits``.
@@ -475,7 +511,7 @@ def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, re
     -------
     loss : ndarray
         0-d for "sum"/"mean", shaped like an index target for "none"; float32 for
-        float16/float32 logits, float64 for float64.
+        float16/bfloat16/float32 logits, float64 for float64.
     lse, argmax : ndarray, optional
         Per row (float compute dtype, int64), when asked for, in that order.
 
@@ -503,7 +539,8 @@ def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, re
     stats = _core.RowStats(loss=arrays.pointer(losses),
                            lse=arrays.pointer(lse) if lse is not None else 0,
                            argmax=arrays.pointer(argmax) if argmax is not None else 0)
-    _core.cross_entropy_forward(call.inp.struct(), call.target.struct, call.options, stats, call.launch)
+    backend.ops.cross_entropy_forward(call.inp.struct(), call.target.struct, call.options, stats,
+                                      call.launch)
     return call.finish(losses, lse, argmax)
 
 
@@ -544,15 +581,15 @@ def cross_entropy_backward(backend, grad_loss, logits, target, *, weight=None, i
     factors, stride = call.grad_factors(grad_loss)
     lse_rows = None
     if lse is not None:
-        lse_arr = arrays.as_array(lse, backend, "lse")
+        lse_arr = arrays.values(lse, backend, "lse", call.inp.cdtype)
         checks.same_shape(lse_arr, call.inp.row_shape, "lse", "one value per row of logits")
         lse_rows = arrays.flat_vector(lse_arr, call.inp.xp, call.inp.cdtype)
-    res = _Output(call.inp, out)
+    res = _Output(call.inp, out, reads=call.reads)
     stats = _core.RowStats(lse=arrays.pointer(lse_rows) if lse_rows is not None else 0,
                            lse_is_input=lse_rows is not None,
                            grad=arrays.pointer(factors), grad_stride=stride)
-    _core.cross_entropy_with_grad(call.inp.struct(), call.target.struct, call.options, stats,
-                                  res.struct(), call.launch)
+    backend.ops.cross_entropy_with_grad(call.inp.struct(), call.target.struct, call.options, stats,
+                                        res.struct(), call.launch)
     return res.result()
 
 
@@ -596,11 +633,11 @@ def cross_entropy_with_grad(backend, logits, target, *, weight=None, ignore_inde
         raise ValueError("out and inplace=True are exclusive: inplace writes over logits")
     call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
                      "logits", backend, validate=validate_targets)
-    if inplace and call.target.probs is not None and call.inp.xp is np \
-            and np.may_share_memory(call.target.probs, call.inp.array):
+    if inplace and call.target.probs is not None \
+            and arrays.may_overlap(call.target.probs, call.inp.array):
         raise ValueError("target must not share memory with logits when inplace=True")
     factors, stride = call.grad_factors(grad_loss)
-    res = _Output(call.inp, out, inplace=inplace)
+    res = _Output(call.inp, out, inplace=inplace, reads=call.reads)
     losses = call.per_row()
     lse = call.per_row() if return_lse else None
     argmax = call.per_row(np.int64) if return_argmax else None
@@ -608,8 +645,8 @@ def cross_entropy_with_grad(backend, logits, target, *, weight=None, ignore_inde
                            lse=arrays.pointer(lse) if lse is not None else 0,
                            argmax=arrays.pointer(argmax) if argmax is not None else 0,
                            grad=arrays.pointer(factors), grad_stride=stride)
-    _core.cross_entropy_with_grad(call.inp.struct(), call.target.struct, call.options, stats,
-                                  res.struct(), call.launch)
+    backend.ops.cross_entropy_with_grad(call.inp.struct(), call.target.struct, call.options, stats,
+                                        res.struct(), call.launch)
     return call.finish(losses, lse, argmax, grad=res.result())
 
 
@@ -628,7 +665,7 @@ def nll_loss(backend, logp, target, *, weight=None, ignore_index=-100, reduction
 
     Parameters
     ----------
-    logp : array_like, float16/float32/float64, class axis ``axis``
+    logp : array_like, float16/bfloat16/float32/float64, class axis ``axis``
         Log-probabilities (typically from :func:`log_softmax`).
     target : array_like of int32/int64, shape = ``logp.shape`` without the class axis
     weight, ignore_index, reduction, axis, validate_targets
@@ -648,7 +685,7 @@ def nll_loss(backend, logp, target, *, weight=None, ignore_index=-100, reduction
                      backend, allow_probs=False,
                      validate=validate_targets)
     losses = call.per_row()
-    _core.nll_forward(call.inp.struct(), call.target.struct, call.options,
+    backend.ops.nll_forward(call.inp.struct(), call.target.struct, call.options,
                       _core.RowStats(loss=arrays.pointer(losses)), call.launch)
     return call.finish(losses)
 
@@ -673,7 +710,7 @@ def nll_loss_backward(backend, grad_loss, logp, target, *, weight=None, ignore_i
     factors, stride = call.grad_factors(grad_loss)
     res = _Output(call.inp, out)
     stats = _core.RowStats(grad=arrays.pointer(factors), grad_stride=stride)
-    _core.nll_backward(call.inp.struct(), call.target.struct, call.options, stats, res.struct(), call.launch)
+    backend.ops.nll_backward(call.inp.struct(), call.target.struct, call.options, stats, res.struct(), call.launch)
     return res.result()
 
 
@@ -684,13 +721,11 @@ def nll_loss_backward(backend, grad_loss, logp, target, *, weight=None, ignore_i
 def _mse_inputs(pred, target, backend):
     pi = _Input(pred, -1, "pred", backend)
     t = arrays.as_array(target, backend, "target")
-    if pi.bf16 != arrays.is_bfloat16(target):
-        raise TypeError("target must be bfloat16 exactly when pred is")
-    if not pi.bf16 and t.dtype not in checks.FLOAT_DTYPES:
-        raise TypeError(f"target must be a floating array, got dtype {t.dtype}")
+    t_dtype = arrays.dtype_name(target, t)
+    if t_dtype not in checks.FLOAT_DTYPES:
+        raise TypeError(f"target must be a {checks.FLOAT_DTYPES_TEXT} array, got dtype {t_dtype}")
     checks.same_shape(t, pi.array.shape, "target", "the shape of pred")
-    ti = pi.like(target if pi.bf16 else t.astype(pi.storage_dtype, copy=False), "target")
-    return pi, ti
+    return pi, pi.side(target, "target", "the shape of pred")
 
 
 @_runs_where("pred", "target")
@@ -705,7 +740,8 @@ def mse_loss(backend, pred, target, *, reduction="mean"):
 
     Returns
     -------
-    ndarray: 0-d, or elementwise for "none" (float32 for float16/float32, float64 for float64).
+    ndarray: 0-d, or elementwise for "none" (float32 for float16/bfloat16/float32, float64
+    for float64).
 
     Examples
     --------
@@ -720,7 +756,7 @@ def mse_loss(backend, pred, target, *, reduction="mean"):
     sums = xp.empty(pi.n, dtype=pi.cdtype) if reduction != "none" else None
     stats = _core.RowStats(loss=arrays.pointer(sums) if sums is not None else 0)
     each_rows = arrays.rows_struct(each) if each is not None else _core.Rows()
-    _core.mse_forward(pi.struct(), ti.struct(), stats, each_rows, backend.launch())
+    backend.ops.mse_forward(pi.struct(), ti.struct(), stats, each_rows, backend.launch())
     if reduction == "none":
         return pi.to_caller(each.reshape(pi.moved_shape))
     total = sums.sum(dtype=np.float64)
@@ -748,19 +784,20 @@ def mse_loss_backward(backend, grad_loss, pred, target, *, reduction="mean", out
     xp = pi.xp
     grad_each = _core.Rows()
     keep = None
+    reads = (ti,)
     if reduction == "none" and getattr(grad_loss, "ndim", 0) > 0:
-        g = arrays.as_array(grad_loss, backend, "grad_loss")
-        checks.same_shape(g, pi.array.shape, "grad_loss", "the elementwise loss of reduction='none'")
-        keep = pi.like(grad_loss if pi.bf16 else g.astype(pi.storage_dtype, copy=False), "grad_loss")
-        grad_each = keep.struct()
+        keep = pi.side(grad_loss, "grad_loss", "the elementwise loss of reduction='none'")
+        grad_each, reads = keep.struct(), (ti, keep)
         factors, stride = xp.ones(1, dtype=pi.cdtype), 0
     else:
-        g = xp.asarray(checks.scalar_grad(grad_loss), dtype=np.float64).reshape(())
+        g = arrays.values(checks.scalar_grad(grad_loss), backend, "grad_loss", np.float64)
+        g = g.reshape(())
         if reduction == "mean":
             count = pi.n * pi.c
             g = g / count if count else g * 0.0
         factors, stride = xp.asarray(g, dtype=pi.cdtype).reshape(1), 0
-    res = _Output(pi, out)
+    res = _Output(pi, out, reads=reads)
     stats = _core.RowStats(grad=arrays.pointer(factors), grad_stride=stride)
-    _core.mse_backward(pi.struct(), ti.struct(), grad_each, stats, res.struct(), backend.launch())
+    backend.ops.mse_backward(pi.struct(), ti.struct(), grad_each, stats, res.struct(),
+                             backend.launch())
     return res.result()
