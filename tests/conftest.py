@@ -1,7 +1,8 @@
 """Shared fixtures: the device each parity test runs on, SIMD levels, hypothesis profiles.
 
 Helpers `to_device(a, device)` and `to_numpy(a)` move NumPy arrays to the device under test
-and back (CuPy for "cuda"); tests import them with `from conftest import ...`.
+and back (CuPy for "cuda"), `api(device)` is the module to call (fusedce, or fusedce.emulated
+for "emulated"); tests import them with `from conftest import ...`.
 """
 
 import os
@@ -41,18 +42,37 @@ def _cupy():
     return cupy
 
 
-@pytest.fixture(params=["cpu", "cuda"])
+def _emulated():
+    """fusedce.emulated when it was built, else None."""
+    try:
+        import fusedce.emulated
+    except ImportError:
+        return None
+    return fusedce.emulated
+
+
+@pytest.fixture(params=["cpu", "cuda", "emulated"])
 def device(request):
-    if request.param == "cuda" and _cupy() is None:
-        pytest.skip("CUDA not available (fusedce.cuda_available() is False or no cupy)")
+    """Where a parity test runs: the CPU kernels, the CUDA kernels on a GPU (CuPy arrays),
+    or the CUDA kernels on the CPU through the execution model (fusedce.emulated)."""
     if fusedce is None:
         pytest.skip("fusedce is not built")
+    if request.param == "cuda" and _cupy() is None:
+        pytest.skip("CUDA not available (fusedce.cuda_available() is False or no cupy)")
+    if request.param == "emulated" and _emulated() is None:
+        pytest.skip("fusedce was built without fusedce.emulated (no CUDA headers)")
     return request.param
 
 
+def api(device):
+    """The module whose functions run on `device`: fusedce, or fusedce.emulated."""
+    return _emulated() if device == "emulated" else fusedce
+
+
 def to_device(a, device):
-    """A NumPy array (or None / Python scalar) on `device`; "cpu" returns it unchanged."""
-    if device == "cpu" or a is None or not isinstance(a, np.ndarray):
+    """A NumPy array (or None / Python scalar) on `device`; "cpu" and "emulated" return it
+    unchanged (the emulated GPU works on host memory)."""
+    if device in ("cpu", "emulated") or a is None or not isinstance(a, np.ndarray):
         return a
     cupy = _cupy()
     # keep the memory order of `a` (Fortran arrays stay Fortran); cupy.asarray copies

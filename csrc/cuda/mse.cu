@@ -100,7 +100,8 @@ void mse_typed(bool backward, const Rows& pred, const Rows& target, const Rows& 
   a.rowval = backward ? stats.grad : stats.loss;
   a.row_stride_g = stats.grad_stride != 0 ? 1 : 0;
   a.n = pred.rows;
-  a.c = checked_cols(pred.cols, backward ? "mse_backward" : "mse_forward");
+  // elementwise: rows of zero length are fine (each row's sum is 0)
+  a.c = pred.cols == 0 ? 0 : checked_cols(pred.cols, backward ? "mse_backward" : "mse_forward");
   if (a.n <= 0) return;
   if (!backward && a.aux == 0 && a.rowval == 0) return;
   DeviceGuard guard(launch.device);

@@ -44,6 +44,7 @@ PYBIND11_MODULE(_emulated, m) {
 
   m.def("cuda_available", &cuda::available);
   m.def("cuda_device_count", &cuda::device_count);
+  m.def("device_count", &cuda::device_count);
   m.def("cuda_build_info", [] { return std::string(cuda::build_info()); });
   m.def("cuda_unavailable_reason", &cuda::unavailable_reason);
   m.def("devices", [] {

@@ -34,7 +34,7 @@ DeviceSpec spec_for(const std::string& item) {
 
 std::vector<DeviceSpec> parse_devices() {
   const char* e = std::getenv("FUSEDCE_EMULATED_GPUS");
-  const std::string list = (e != nullptr && *e != '\0') ? e : "sm_90:132,sm_80:108";
+  const std::string list = (e != nullptr && *e != '\0') ? e : "sm_90:132,sm_80:108,sm_90:1";
   std::vector<DeviceSpec> out;
   std::stringstream ss(list);
   std::string item;
@@ -136,6 +136,8 @@ std::string tidy_kernel_name(const char* pretty) {
     }
     out += s[i];
   }
+  // "Team<32, 256> >" -> "Team<32, 256>>"
+  for (std::size_t at = out.find("> >"); at != std::string::npos; at = out.find("> >", at)) out.erase(at + 1, 1);
   return out;
 }
 

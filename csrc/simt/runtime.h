@@ -3,8 +3,11 @@
 // The declarations, types and error codes are the toolkit's own (cuda_runtime_api.h and
 // driver_types.h are plain C); the model defines the functions, so host code compiles and
 // links unchanged, without libcudart.
-// The GPUs: FUSEDCE_EMULATED_GPUS="sm_90:132,sm_80:108" by default (device 0 an H100-like
-// sm_90 with 132 SMs in 8 GPCs, device 1 an A100-like sm_80 with 108 SMs). Launches run at
+//
+// The GPUs: FUSEDCE_EMULATED_GPUS="sm_90:132,sm_80:108,sm_90:1" by default: device 0 an
+// H100-like sm_90 with 132 SMs in 8 GPCs, device 1 an A100-like sm_80 with 108 SMs (the
+// pre-Hopper paths), device 2 an sm_90 with a single SM (small grids: every team of a grid-stride
+// loop handles many rows, and large clusters do not fit). Launches run at
 // once on the calling thread, whatever the stream; a kernel fault throws simt::KernelFault
 // (a GPU reports it later, as a sticky error). Launch-configuration errors come back as the
 // runtime's error codes, as on a GPU.

@@ -1,0 +1,280 @@
+"""Every kernel path of the CUDA launcher, reached and checked on the emulated GPUs.
+
+csrc/cuda picks a kernel and a "team" (the threads that own one row) from the class count,
+the dtype and the GPU: 4, 16 or 32 lanes, a block of 256, clusters of 2-16 blocks on sm_90,
+a block of 512 before sm_90 (or where a cluster cannot be placed), and the streaming kernel
+beyond. `expected_row_kernel` below restates that choice independently; each case runs the
+ops that share the row kernel (forward with lse/argmax, fused forward+backward with out= and
+in place, backward from a saved lse, probability targets, softmax, log_softmax, unvalidated
+out-of-range targets) on aligned and misaligned rows, checks them against the NumPy
+reference, and checks that the kernel the model logged is the expected one. The other
+kernels (softmax backward, nll, mse) get the same treatment. `test_every_path_is_reached`
+lists the paths reached and fails if one is missing.
+
+Device 0 is an sm_90 with 132 SMs, device 1 an sm_80, device 2 an sm_90 with one SM, where
+every team of a grid-stride loop handles several rows and large clusters do not fit.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+fe = pytest.importorskip("fusedce.emulated", reason="fusedce was built without fusedce._emulated")
+from fusedce import reference as ref  # noqa: E402
+
+try:
+    import ml_dtypes
+    BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # ml_dtypes is a test extra
+    BF16 = None
+
+NAME = {"float32": "float", "float64": "double", "float16": "__half", "bfloat16": "__nv_bfloat16"}
+DTYPES = ["float32", "float64", "float16", "bfloat16"]
+SM90, SM80, ONE_SM = 0, 1, 2
+
+
+def np_dtype(name):
+    if name == "bfloat16":
+        if BF16 is None:
+            pytest.skip("bfloat16 needs ml_dtypes")
+        return BF16
+    return np.dtype(name)
+
+
+# ----------------------------------------------------------------------------- the launcher's choice
+
+
+def vec(dtype):
+    return 16 // (8 if dtype == "float64" else 4 if dtype == "float32" else 2)
+
+
+def expected_row_kernel(dtype, C, device):
+    """The row kernel the launcher picks (cross_entropy.cu, launch_rows), restated."""
+    T, packs = NAME[dtype], math.ceil(C / vec(dtype))
+    sub = [(4, "SubWarpTeam<4, 256>, 1"), (16, "SubWarpTeam<16, 256>, 1"), (64, "SubWarpTeam<32, 256>, 2"),
+           (256, "SubWarpTeam<32, 256>, 8"), (2048, "BlockTeam<256>, 8")]
+    for limit, team in sub:
+        if packs <= limit:
+            return f"rows_resident<{T}, {team}>"
+    if dtype != "float64" and device in (SM90, ONE_SM):
+        clusters = [(4096, 256, 2), (8192, 256, 4), (16384, 256, 8), (32768, 256, 16), (65536, 512, 16)]
+        for limit, block, k in clusters:
+            # one SM holds 2048 / block blocks; a cluster must fit in it
+            fits = device == SM90 or k <= 2048 // block
+            if packs <= limit and fits:
+                return f"rows_resident<{T}, ClusterTeam<{block}, {k}>, 8>"
+    if packs <= 4096:
+        return f"rows_resident<{T}, BlockTeam<512>, 8>"
+    return f"rows_streaming<{T}, 512>"
+
+
+def row_cases():
+    """(dtype, C, device, N) reaching every row-kernel path; C just past each boundary (odd
+    class counts, partial 16-byte packs), N > 1 so that rows interact. On the one-SM GPU, N is
+    larger than the teams the grid holds at once (grid-stride reuse)."""
+    cases = []
+    for dtype in DTYPES:
+        v = vec(dtype)
+        for packs in (4, 16, 64, 256, 2048):
+            cases.append((dtype, packs * v - 1, SM90, 3))
+        if dtype == "float64":
+            cases += [(dtype, 4096 * v - 1, SM90, 2), (dtype, 4096 * v + 1, SM90, 2)]
+        else:
+            for packs in (4096, 8192, 16384, 32768, 65536):
+                cases.append((dtype, packs * v - 1, SM90, 2))
+            cases += [(dtype, 4096 * v - 1, SM80, 2), (dtype, 4096 * v + 3, SM80, 2)]
+    cases.append(("float32", 65536 * 4 + 5, SM90, 1))  # past the largest cluster: streaming
+    # one SM: 8 blocks of 256 at once, so 64 x 8 rows fill the 4-lane teams; clusters of 2 fit 4 times
+    cases += [("float32", 13, ONE_SM, 600), ("float32", 61, ONE_SM, 140), ("float32", 1023, ONE_SM, 70),
+              ("float32", 5000, ONE_SM, 11), ("float32", 9000, ONE_SM, 6), ("float32", 33000, ONE_SM, 3),
+              ("float16", 140000, ONE_SM, 2), ("bfloat16", 20000, ONE_SM, 3)]
+    return cases
+
+
+def expected_other_kernels(dtype, C):
+    """softmax backward, nll forward/backward and mse forward/backward (softmax.cu, nll.cu, mse.cu)."""
+    T, packs = NAME[dtype], math.ceil(C / vec(dtype))
+    sm = "SubWarpTeam<4, 256>" if C <= 16 else "SubWarpTeam<32, 256>" if C <= 1024 else "BlockTeam<256>"
+    nll = "SubWarpTeam<4, 256>" if packs <= 4 else "SubWarpTeam<32, 256>" if packs <= 1024 else "BlockTeam<256>"
+    mse = "SubWarpTeam<4, 256>" if C <= 16 else "SubWarpTeam<32, 256>" if C <= 4096 else "BlockTeam<256>"
+    return {f"softmax_backward_kernel<{T}, {sm}>", f"nll_forward_kernel<{T}>", f"nll_backward_kernel<{T}, {nll}>",
+            f"mse_forward_kernel<{T}, {mse}>", f"mse_backward_kernel<{T}, {mse}>"}
+
+
+OTHER_CS = [7, 300, 5000]  # each team of the other kernels, for every dtype (vec <= 8)
+
+
+def every_expected_path():
+    paths = {expected_row_kernel(d, C, dev) for d, C, dev, _ in row_cases()}
+    for d in DTYPES:
+        for C in OTHER_CS:
+            paths |= expected_other_kernels(d, C)
+    return paths
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+REACHED = set()
+
+
+def launched():
+    names = {rec[0] for rec in fe.launch_log()}
+    REACHED.update(names)
+    fe.clear_launch_log()
+    return names
+
+
+def tol(dtype):
+    """(rtol, atol scale) of a result stored in `dtype`: float64 math for float64, float32
+    math otherwise; outputs stored in a half type carry its rounding (half an ulp)."""
+    return {"float64": (1e-10, 1e-12), "float32": (2e-5, 1e-6), "float16": (2e-3, 1e-3),
+            "bfloat16": (8e-3, 8e-3)}[dtype]
+
+
+def close(got, want, dtype, what, scale=None):
+    got = np.asarray(got).astype(np.float64)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, what
+    rtol, a = tol(dtype)
+    if scale is None:
+        finite = np.abs(want[np.isfinite(want)])
+        scale = float(finite.max()) if finite.size else 1.0
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=a * scale + 1e-30, err_msg=what)
+
+
+def loss_close(got, want, dtype, what, C):
+    """Losses and lse are float32 (float64) results of sums over C terms."""
+    rtol = 1e-10 if dtype == "float64" else 2e-5
+    scale = 1e-12 if dtype == "float64" else 1e-6
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=rtol,
+                               atol=scale * (10 + math.sqrt(C)), err_msg=what)
+
+
+def make_case(dtype, C, N, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((N, C)) * 3).astype(np_dtype(dtype))
+    if C > 1:
+        x[np.arange(N), rng.integers(0, C, N)] = -np.inf  # a masked class per row
+    t = rng.integers(0, C, N)
+    x[np.arange(N), t] = rng.standard_normal(N).astype(x.dtype)  # a finite target logit
+    t[0] = -100  # an ignored row
+    return x, t, rng
+
+
+@pytest.mark.parametrize("dtype,C,device,N", row_cases(),
+                         ids=[f"{d}-C{C}-dev{dev}-N{N}" for d, C, dev, N in row_cases()])
+def test_row_kernel_path(dtype, C, device, N):
+    x, t, rng = make_case(dtype, C, N, seed=C + N)
+    x64 = x.astype(np.float64)
+    w = rng.uniform(0.5, 1.5, C).astype(np.float64 if dtype == "float64" else np.float32)
+    opts = dict(weight=w, label_smoothing=0.1, reduction="none")
+    kernel = expected_row_kernel(dtype, C, device)
+    g = rng.uniform(0.5, 1.5, N).astype(w.dtype)
+    big = C * N > 200_000  # keep the slowest cases to the essential calls
+    with fe.device(device):
+        fe.clear_launch_log()
+        loss, lse, am = fe.cross_entropy(x, t, return_lse=True, return_argmax=True, **opts)
+        want_loss, want_lse, want_am = ref.cross_entropy(x64, t, return_lse=True, return_argmax=True, **opts)
+        loss_close(loss, want_loss, dtype, "loss", C)
+        loss_close(lse, want_lse, dtype, "lse", C)
+        np.testing.assert_array_equal(am, want_am)
+        assert launched() == {kernel}
+
+        want_grad = ref.cross_entropy_backward(g, x64, t, **opts)
+        scale = float(np.abs(want_grad).max())
+        gl, grad = fe.cross_entropy_with_grad(x, t, grad_loss=g, **opts)
+        close(grad, want_grad, dtype, "fused grad", scale)
+        loss_close(gl, want_loss * 1.0, dtype, "fused loss", C)
+        assert grad.dtype == x.dtype
+
+        inplace = x.copy()
+        _, res = fe.cross_entropy_with_grad(inplace, t, grad_loss=g, inplace=True, **opts)
+        assert res is inplace
+        np.testing.assert_array_equal(inplace, grad)  # same kernel, same rounding, in place
+
+        back = fe.cross_entropy_backward(g, x, t, lse=lse, **opts)
+        close(back, want_grad, dtype, "backward from lse", scale)
+        assert launched() == {kernel}
+        if big:
+            return
+
+        # misaligned rows (no 16-byte packs), probability targets, softmax, log_softmax
+        shifted = np.empty((N, C + 1), x.dtype)[:, 1:]
+        shifted[...] = x
+        q = rng.dirichlet(np.ones(C), N).astype(x.dtype)
+        pl, pg = fe.cross_entropy_with_grad(shifted, q, reduction="none")
+        wpl, wpg = ref.cross_entropy_with_grad(x64, q.astype(np.float64), reduction="none")
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(wpl)
+        loss_close(pl[finite], wpl[finite], dtype, "probability-target loss", C)
+        sm = fe.softmax(shifted)
+        close(sm, ref.softmax(x64), dtype, "softmax", 1.0)
+        ls = fe.log_softmax(x)
+        want_ls = ref.log_softmax(x64)
+        fin = np.isfinite(want_ls)
+        assert np.array_equal(np.isfinite(ls.astype(np.float64)), fin)
+        # log p carries the rounding of x and of lse: scaled like a loss, not like log p
+        close(ls.astype(np.float64)[fin], want_ls[fin], dtype, "log_softmax", 10 + np.abs(x64[fin]).max())
+        assert launched() == {kernel}
+
+        # unvalidated out-of-range targets: NaN rows, as on a GPU, and the other rows intact
+        bad = t.copy()
+        bad[-1] = C + 5
+        ul = fe.cross_entropy(x, bad, reduction="none", validate_targets=False)
+        assert np.isnan(ul[-1]) and np.all(np.isfinite(ul[:-1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C", OTHER_CS)
+def test_other_kernel_paths(dtype, C):
+    N = 5
+    x, t, rng = make_case(dtype, C, N, seed=C)
+    x = np.where(np.isfinite(x.astype(np.float64)), x, 0).astype(x.dtype)
+    x64 = x.astype(np.float64)
+    fe.clear_launch_log()
+    # softmax backward from half-precision y and grad
+    y = fe.softmax(x)
+    gy = rng.standard_normal((N, C)).astype(x.dtype)
+    dx = fe.softmax_backward(gy, y)
+    close(dx, ref.softmax_backward(gy.astype(np.float64), y.astype(np.float64)), dtype, "softmax_backward")
+    ly = fe.log_softmax(x)
+    ldx = fe.log_softmax_backward(gy, ly)
+    close(ldx, ref.log_softmax_backward(gy.astype(np.float64), ly.astype(np.float64)), dtype,
+          "log_softmax_backward")
+    # nll, forward and backward, with weights and an ignored row
+    w = rng.uniform(0.5, 1.5, C).astype(np.float64 if dtype == "float64" else np.float32)
+    nl = fe.nll_loss(ly, t, weight=w, reduction="sum")
+    loss_close(nl, ref.nll_loss(ly.astype(np.float64), t, weight=w, reduction="sum"), dtype, "nll", C)
+    nb = fe.nll_loss_backward(2.0, ly, t, weight=w)
+    close(nb, ref.nll_loss_backward(2.0, ly.astype(np.float64), t, weight=w), dtype, "nll_backward")
+    # mse
+    target = rng.standard_normal((N, C)).astype(x.dtype)
+    ml = fe.mse_loss(x, target, reduction="none")
+    close(ml, ref.mse_loss(x64, target.astype(np.float64), reduction="none"), "float32" if dtype != "float64"
+          else dtype, "mse")
+    mb = fe.mse_loss_backward(1.5, x, target, reduction="sum")
+    close(mb, ref.mse_loss_backward(1.5, x64, target.astype(np.float64), reduction="sum"), dtype, "mse_backward")
+    assert expected_other_kernels(dtype, C) <= launched()
+
+
+def test_every_path_is_reached():
+    """The union of the kernels the cases above launched is every path the launcher can pick
+    (cases this run deselected are run here, forward only)."""
+    want = every_expected_path()
+    for dtype, C, device, N in row_cases():
+        if expected_row_kernel(dtype, C, device) not in REACHED:
+            x, t, _ = make_case(dtype, C, N, seed=1)
+            with fe.device(device):
+                fe.clear_launch_log()
+                fe.cross_entropy(x, t)
+                launched()
+    for dtype in DTYPES:
+        for C in OTHER_CS:
+            if not expected_other_kernels(dtype, C) <= REACHED:
+                test_other_kernel_paths(dtype, C)
+    missing = sorted(want - REACHED)
+    print("kernel paths reached:\n  " + "\n  ".join(sorted(REACHED & want)))
+    assert not missing, f"kernel paths never reached: {missing}"
+    assert len(want) >= 4 * 5 + 3 * 6 + 2 + 4 * 5  # every team of every dtype, at least
