@@ -73,7 +73,7 @@ def main():
     say()
     say(f"torch {torch.__version__}, fusedce {getattr(fusedce, '__version__', '?')}, repeats {args.repeats}")
     try:
-        say("fusedce: " + " ".join(str(fusedce.show_config()).split()))
+        say("fusedce: " + " ".join(str(fusedce.show_config(print_it=False)).split()))
     except Exception as e:  # noqa: BLE001
         say(f"fusedce.show_config failed: {e}")
     liger = None

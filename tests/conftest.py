@@ -2,9 +2,11 @@
 
 Helpers `to_device(a, device)` and `to_numpy(a)` move NumPy arrays to the device under test
 and back (CuPy for "cuda"), `api(device)` is the module to call (fusedce, or fusedce.emulated
-for "emulated"); tests import them with `from conftest import ...`.
+for "emulated"), `need(module)` imports an optional dependency or skips; tests import them
+with `from conftest import ...`.
 """
 
+import importlib
 import os
 
 import numpy as np
@@ -19,6 +21,29 @@ try:
     import fusedce
 except ImportError:  # the compiled package is not built: only reference tests can run
     fusedce = None
+
+# Why tests skip, as `pytest -ra` (addopts in pyproject.toml) prints it: one short line per
+# missing optional dependency, saying how to install it.
+MISSING = {
+    "torch": "torch not installed: pip install torch (or '.[bench]')",
+    "sklearn": "scikit-learn not installed: pip install scikit-learn (or '.[demo]')",
+    "hypothesis": "hypothesis not installed: pip install hypothesis (or '.[test]')",
+    "ml_dtypes": "ml_dtypes not installed: pip install ml_dtypes (or '.[test]')",
+}
+
+
+def need(module):
+    """Import an optional dependency of the tests (a key of MISSING), or skip the calling
+    test, or test module, saying how to install it. Every skip for one module is raised
+    from the same line here, so that `pytest -ra` folds them into one line. A module that is
+    installed but fails to import (a missing dependency of its own, say) is an error."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        pytest.skip(MISSING[module], allow_module_level=True)
+
 
 if settings is not None:
     _common = dict(deadline=None, print_blob=True,

@@ -9,7 +9,9 @@ compute-sanitizer memcheck; tests marked `slow` need several GiB of GPU memory.
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import need
+
+torch = need("torch")
 fusedce = pytest.importorskip("fusedce")
 F = torch.nn.functional
 

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from conftest import need
 from fusedce import demo
 
 # The margin: the test split has 450 images, so one image is 0.22 percentage points. Our
@@ -17,7 +18,7 @@ MARGIN = 0.015
 
 @pytest.fixture(scope="module")
 def sklearn():
-    return pytest.importorskip("sklearn")
+    return need("sklearn")
 
 
 @pytest.mark.parametrize("seed", [0, 2])

@@ -10,6 +10,7 @@ import pkgutil
 import pytest
 
 import fusedce
+from conftest import MISSING, need
 
 # Modules whose import needs an optional dependency, and that dependency.
 OPTIONAL = {"fusedce.torch": "torch", "fusedce.emulated": "fusedce._emulated"}
@@ -37,13 +38,18 @@ def _available(module_name):
 
 
 def _doctests():
-    """(id, DocTest or skip reason) for every docstring with examples in every module."""
+    """(id, DocTest, or the name of the missing dependency) for every docstring with examples
+    in every module."""
     finder = doctest.DocTestFinder(exclude_empty=True)
     cases = []
     for name in _module_names():
         if not _available(name):
-            cases.append(pytest.param(None, id=name, marks=pytest.mark.skip(
-                reason=f"{name} needs {OPTIONAL.get(name) or NEEDS.get(name)}")))
+            dep = OPTIONAL.get(name) or NEEDS.get(name)
+            if dep in MISSING:  # skipped by conftest.need, with how to install it
+                cases.append(pytest.param(dep, id=name))
+            else:
+                cases.append(pytest.param(None, id=name, marks=pytest.mark.skip(
+                    reason=f"{name} needs {dep}, which this build of fusedce lacks")))
             continue
         module = importlib.import_module(name)
         for test in finder.find(module, name):
@@ -54,6 +60,8 @@ def _doctests():
 
 @pytest.mark.parametrize("test", _doctests())
 def test_docstring_examples(test):
+    if isinstance(test, str):
+        need(test)  # skips: the dependency is missing
     report = []
     runner = doctest.DocTestRunner(optionflags=FLAGS)
     result = runner.run(test, out=report.append)

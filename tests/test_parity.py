@@ -19,7 +19,9 @@ import math
 import numpy as np
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")
+from conftest import need
+
+hypothesis = need("hypothesis")
 from hypothesis import given, strategies as st  # noqa: E402
 
 import fusedce  # noqa: E402

@@ -14,7 +14,9 @@ import fusedce
 from fusedce import _arrays as arrays
 from fusedce import _core, functional
 
-ml_dtypes = pytest.importorskip("ml_dtypes")
+from conftest import need
+
+ml_dtypes = need("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 HAS_EMULATED = importlib.util.find_spec("fusedce._emulated") is not None
@@ -140,7 +142,7 @@ def test_values_is_zero_copy_in_the_right_dtype_and_rejects_non_real():
 
 
 def test_values_of_a_torch_bf16_tensor():
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     t = torch.tensor([1.0, 0.5, -3.0], dtype=torch.bfloat16)
     got = arrays.values(t, arrays.HOST, "weight", np.float64)
     assert got.dtype == np.float64
@@ -366,7 +368,7 @@ def test_emulated_rejects_other_arrays(fe):
         fe.cross_entropy(x, t, weight=NotNumpy(np.ones(x.shape[1], np.float32)))
     with pytest.raises(TypeError, match="^out must be a NumPy array"):
         fe.softmax(x, out=NotNumpy(np.empty_like(x)))
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     with pytest.raises(TypeError, match="^logits must be a NumPy array.*torch"):
         fe.cross_entropy_with_grad(torch.from_numpy(x), t)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fusedce import reference as ref
+from conftest import need
 
 REDUCTIONS = ["none", "sum", "mean"]
 
@@ -193,10 +194,11 @@ def test_masked_and_nan_rows():
 # ----------------------------------------------------------------------------- vs torch
 
 
-@pytest.fixture(scope="module")
-def F():
-    torch = pytest.importorskip("torch")
-    return torch.nn.functional
+def torch_functional():
+    """torch.nn.functional, or a skip of the calling test. Called in the test's body, not
+    in a fixture: pytest reports a skip from a fixture at each test's own line, and one
+    from the body at the line of conftest.need, one line for all in `pytest -ra`."""
+    return need("torch").nn.functional
 
 
 def tt(a):
@@ -214,7 +216,8 @@ CE_CASES = list(itertools.product(REDUCTIONS, [False, True], [0.0, 0.25, 1.0], [
 
 @pytest.mark.parametrize("reduction,weighted,eps,ignore", CE_CASES)
 @pytest.mark.parametrize("shape", [(7, 5), (3, 5, 4)])
-def test_torch_cross_entropy_index(F, reduction, weighted, eps, ignore, shape):
+def test_torch_cross_entropy_index(reduction, weighted, eps, ignore, shape):
+    F = torch_functional()
     import torch
     rng = np.random.default_rng(11)
     x = rng.normal(size=shape)
@@ -237,7 +240,8 @@ def test_torch_cross_entropy_index(F, reduction, weighted, eps, ignore, shape):
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("eps", [0.0, 0.4])
 @pytest.mark.parametrize("shape", [(6, 4), (2, 4, 3)])
-def test_torch_cross_entropy_probabilities(F, reduction, weighted, eps, shape):
+def test_torch_cross_entropy_probabilities(reduction, weighted, eps, shape):
+    F = torch_functional()
     rng = np.random.default_rng(12)
     x = rng.normal(size=shape)
     q = np.moveaxis(rng.dirichlet(np.ones(4), size=(shape[0],) + shape[2:]), -1, 1)
@@ -256,7 +260,8 @@ def test_torch_cross_entropy_probabilities(F, reduction, weighted, eps, shape):
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("shape", [(7, 5), (3, 5, 4)])
-def test_torch_nll_loss(F, reduction, weighted, shape):
+def test_torch_nll_loss(reduction, weighted, shape):
+    F = torch_functional()
     rng = np.random.default_rng(13)
     lp = rng.normal(size=shape)
     row_shape = (shape[0],) + shape[2:]
@@ -273,7 +278,8 @@ def test_torch_nll_loss(F, reduction, weighted, shape):
 
 
 @pytest.mark.parametrize("axis", [-1, 0, 1])
-def test_torch_softmax_and_log_softmax(F, axis):
+def test_torch_softmax_and_log_softmax(axis):
+    F = torch_functional()
     rng = np.random.default_rng(14)
     x = rng.normal(size=(3, 4, 5)) * 5
     x[0, 0, 0] = -np.inf
@@ -289,7 +295,8 @@ def test_torch_softmax_and_log_softmax(F, axis):
         close(ours_b(g, ours_f(x, axis), axis), xt.grad)
 
 
-def test_torch_all_minus_inf_row_is_nan(F):
+def test_torch_all_minus_inf_row_is_nan():
+    F = torch_functional()
     x = np.array([[-np.inf, -np.inf], [0.0, 1.0]])
     np.testing.assert_array_equal(np.isnan(ref.log_softmax(x)),
                                   np.isnan(F.log_softmax(tt(x), dim=-1).numpy()))
@@ -297,7 +304,8 @@ def test_torch_all_minus_inf_row_is_nan(F):
                                   np.isnan(F.softmax(tt(x), dim=-1).numpy()))
 
 
-def test_torch_nan_and_inf_propagate(F):
+def test_torch_nan_and_inf_propagate():
+    F = torch_functional()
     x = np.array([[0.0, np.nan, 1.0], [0.0, np.inf, 1.0], [0.0, -np.inf, 1.0]])
     t = np.array([0, 0, 2])
     ours = ref.cross_entropy(x, t, reduction="none")
@@ -306,8 +314,9 @@ def test_torch_nan_and_inf_propagate(F):
     np.testing.assert_allclose(ours[2], theirs[2], rtol=1e-14)
 
 
-def test_torch_huge_logits(F):
+def test_torch_huge_logits():
     """|x| near float32 max: log_softmax is (x - max) - log sum, so log 2 is not lost."""
+    F = torch_functional()
     import torch
     x = np.array([[3e38, 3e38, -3e38], [1e30, -1e30, 0.0]], np.float32)
     t = np.array([1, 0])
@@ -322,7 +331,8 @@ def test_torch_huge_logits(F):
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_torch_mse(F, reduction):
+def test_torch_mse(reduction):
+    F = torch_functional()
     rng = np.random.default_rng(15)
     p, y = rng.normal(size=(4, 3, 2)), rng.normal(size=(4, 3, 2))
     pt = tt(p).requires_grad_()
@@ -333,8 +343,9 @@ def test_torch_mse(F, reduction):
     close(ref.mse_loss_backward(g, p, y, reduction=reduction), pt.grad)
 
 
-def test_torch_differences_are_deliberate(F):
+def test_torch_differences_are_deliberate():
     """The two places where we differ from PyTorch on purpose."""
+    F = torch_functional()
     x, t = np.zeros((2, 3)), np.full(2, -100)
     assert np.isnan(F.cross_entropy(tt(x), tt(t)).item())
     assert ref.cross_entropy(x, t) == 0.0

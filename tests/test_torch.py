@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import need
+
+torch = need("torch")
 import torch.nn.functional as F  # noqa: E402
 
 import fusedce.torch as ft  # noqa: E402

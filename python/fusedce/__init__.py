@@ -5,7 +5,9 @@ anything with ``__cuda_array_interface__`` / a CUDA ``__dlpack__``: CUDA kernels
 current stream) and return arrays of the same kind. ``fusedce.reference`` holds the plain
 NumPy definitions they are tested against; ``fusedce.torch`` (imported on demand) the
 PyTorch drop-ins; ``fusedce.emulated`` (imported on demand, when built) the same functions
-run by the CUDA kernels on the CPU, for tests. See docs/api.md for the contract.
+run by the CUDA kernels on the CPU, for tests. Each function's docstring gives its shapes,
+dtypes, defaults, semantics and errors (``help(fusedce.cross_entropy)``); docs/api.md in
+fusedce's source repository collects them on one page.
 """
 
 from __future__ import annotations
@@ -125,13 +127,21 @@ def cuda_available() -> bool:
     return bool(_core.cuda_available())
 
 
-def show_config(print_it: bool = True) -> str:
-    """Version, SIMD level, threads and CUDA support, as text (printed unless asked not to).
+def show_config(print_it: bool = True) -> str | None:
+    """Print the version, SIMD level, threads and CUDA support; with ``print_it=False``,
+    print nothing and return that text instead (so that a REPL shows it once).
 
     Examples
     --------
     >>> import fusedce
-    >>> fusedce.show_config(print_it=False).startswith("fusedce ")
+    >>> fusedce.show_config()    # doctest: +ELLIPSIS +NORMALIZE_WHITESPACE
+    fusedce ...
+      machine: ...
+      simd: ...
+      threads: ...
+      cuda: ...
+    >>> text = fusedce.show_config(print_it=False)
+    >>> text.splitlines()[0].startswith("fusedce ")
     True
     """
     lines = [
@@ -145,4 +155,5 @@ def show_config(print_it: bool = True) -> str:
     text = "\n".join(lines)
     if print_it:
         print(text)
+        return None
     return text

@@ -173,7 +173,8 @@ class _Target:
         t = arrays.as_array(target, inp.backend, "target")
         self.ignore_index = ignore_index
         if arrays.dtype_name(target, t) in checks.FLOAT_DTYPES and allow_probs:
-            checks.same_shape(t, inp.array.shape, "target", "probability targets have the logits' shape")
+            if tuple(t.shape) != tuple(inp.array.shape):
+                raise ValueError(_probability_shape_message(t.shape, inp))
             probs = inp.side(target, "target", "probability targets have the logits' shape")
             self.probs, self.probs_input = probs.rows, probs
             self.index = None
@@ -186,7 +187,8 @@ class _Target:
             if allow_probs:
                 what += " or class probabilities (floating, the logits' shape)"
             raise TypeError(f"target must hold {what}, got dtype {arrays.dtype_name(target, t)}")
-        checks.same_shape(t, inp.row_shape, "target", "the logits' shape without the class axis")
+        if tuple(t.shape) != inp.row_shape:
+            raise ValueError(_index_shape_message(t.shape, inp))
         flat = xp.ascontiguousarray(t.reshape(-1))
         # Two reductions decide the common case (every index valid, none ignored) cheaply;
         # on a GPU they cost a synchronisation, which validate_targets=False avoids.
@@ -221,6 +223,44 @@ class _Target:
         return weight[safe] * valid
 
 
+def _axes_without(shape, target_shape, but):
+    """The axes (other than ``but``) whose removal from ``shape`` leaves ``target_shape``."""
+    shape, target_shape = tuple(shape), tuple(target_shape)
+    return [a for a in range(len(shape))
+            if a != but and shape[:a] + shape[a + 1:] == target_shape]
+
+
+def _axis_hint(axes):
+    """What to tell a caller whose index target fits the logits with the class axis at one
+    of ``axes`` instead of the one they gave."""
+    if not axes:
+        return ""
+    choices = [f"axis={a}" + (" for PyTorch's (N, C, ...) layout" if a == 1 else "")
+               for a in axes]
+    return ("; it fits with the class axis at " + " or ".join(map(str, axes)) + ": pass "
+            + " or ".join(choices))
+
+
+def _index_shape_message(target_shape, inp: _Input):
+    """A class-index target whose shape is not the logits' shape without the class axis."""
+    shape = tuple(inp.array.shape)
+    return (f"target must have shape {inp.row_shape} (the shape {shape} of {inp.name} without "
+            f"its class axis, axis {inp.axis}), got {tuple(target_shape)}"
+            + _axis_hint(_axes_without(shape, target_shape, inp.axis)))
+
+
+def _probability_shape_message(target_shape, inp: _Input):
+    """A floating target (read as class probabilities) whose shape is not the logits'. When
+    it has the shape of class indices, say that those must be integers."""
+    shape = tuple(inp.array.shape)
+    msg = (f"target must have shape {shape} (floating targets are class probabilities, "
+           f"shaped like {inp.name}), got {tuple(target_shape)}")
+    if _axes_without(shape, target_shape, None):
+        msg += ("; class indices must be int32 or int64 (e.g. target.astype(numpy.int64)), "
+                "not floating")
+    return msg
+
+
 def _weight(weight, inp: _Input, validate=True):
     if weight is None:
         return None
@@ -230,8 +270,23 @@ def _weight(weight, inp: _Input, validate=True):
         raise ValueError(f"weight must have shape ({inp.c},) (one weight per class), got {tuple(w.shape)}")
     w = xp.ascontiguousarray(w)
     if (validate or not inp.backend.on_gpu) and not bool(xp.isfinite(w).all()):
-        raise ValueError("weight must hold finite values")
+        raise ValueError(_non_finite_weight_message(weight, w, inp))
     return w
+
+
+def _non_finite_weight_message(weight, w, inp: _Input):
+    """Which entry of the class weights is not finite, and its value; ``w`` is ``weight``
+    converted to the compute dtype, where a large finite value may have become inf."""
+    bad = ~inp.xp.isfinite(w)
+    count = int(bad.sum())
+    i = int(inp.xp.argmax(bad))
+    given = float(arrays.values(weight, inp.backend, "weight", np.float64).reshape(-1)[i])
+    msg = f"weight must hold finite values, got weight[{i}] = {given!r}"
+    if np.isfinite(given):
+        msg += f", which overflows {np.dtype(inp.cdtype).name}, the dtype the loss is computed in"
+    if count > 1:
+        msg += f" ({count - 1} more non-finite value{'s' if count > 2 else ''} after it)"
+    return msg
 
 
 def _options(weight, ignore_index, label_smoothing):
@@ -314,12 +369,54 @@ def _public(func, array_params, choose_backend):
     return op
 
 
+# The function of fusedce.torch that does what each op does for PyTorch tensors (autograd
+# gives the backward ops' results); fusedce.torch has no mse_loss.
+_TORCH_COUNTERPART = {
+    "softmax": "softmax", "softmax_backward": "softmax",
+    "log_softmax": "log_softmax", "log_softmax_backward": "log_softmax",
+    "nll_loss": "nll_loss", "nll_loss_backward": "nll_loss",
+    "cross_entropy": "cross_entropy", "cross_entropy_backward": "cross_entropy",
+    "cross_entropy_with_grad": "cross_entropy",
+}
+_NO_TORCH_COUNTERPART = {"mse_loss": "torch.nn.functional.mse_loss",
+                         "mse_loss_backward": "torch.nn.functional.mse_loss"}
+
+
+def _refuse_cpu_tensors(named, op_name):
+    """TypeError for a PyTorch CPU tensor given to the NumPy API: NumPy would take it (and
+    autograd would never hear of the call) or refuse it with a puzzling message, so point
+    to fusedce.torch. PyTorch CUDA tensors are not refused: they run on the CUDA kernels."""
+    for name, a in named.items():
+        if not arrays.is_torch(a):
+            continue
+        if op_name in _NO_TORCH_COUNTERPART:
+            use = (f"fusedce.torch has no {op_name}; use {_NO_TORCH_COUNTERPART[op_name]} "
+                   "for PyTorch tensors")
+        else:
+            counterpart = _TORCH_COUNTERPART.get(op_name)
+            where = f"fusedce.torch.{counterpart}" if counterpart else "fusedce.torch"
+            use = f"use {where} for PyTorch tensors (autograd, PyTorch's conventions)"
+        raise TypeError(f"{name} is a PyTorch CPU tensor, and fusedce.{op_name} takes NumPy "
+                        f"arrays: {use}, or pass {name}.detach().numpy()")
+
+
+def _host_or_cuda(op_name):
+    """The Backend chooser of the public ops: where the arrays live (see
+    :func:`fusedce._arrays.backend_of`), PyTorch CPU tensors refused on the host."""
+    def choose(named):
+        backend = arrays.backend_of(named)
+        if not backend.on_gpu:
+            _refuse_cpu_tensors(named, op_name)
+        return backend
+    return choose
+
+
 def _runs_where(*array_params):
     """Decorator: the op runs where its array arguments live (host or CUDA device, on the
     current stream); the function receives that Backend as its first argument, which its
     public signature leaves out. :func:`_runs_on` makes the same op run on another choice
     of backend (fusedce.emulated)."""
-    return lambda func: _public(func, array_params, arrays.backend_of)
+    return lambda func: _public(func, array_params, _host_or_cuda(func.__name__))
 
 
 def _runs_on(op, choose_backend):
@@ -517,7 +614,13 @@ def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, re
 
     Raises
     ------
-    TypeError, ValueError, IndexError naming the bad argument (see docs/api.md).
+    Each message names the bad argument.
+    TypeError: wrong kind or dtype (non-floating ``logits``; ``target`` neither int32/int64
+        nor floating; a PyTorch CPU tensor, which belongs to ``fusedce.torch``).
+    ValueError: mismatched shapes (``target``, ``weight``), an unknown ``reduction``,
+        ``label_smoothing`` outside [0, 1], a non-finite ``weight`` entry.
+    IndexError: a class index outside [0, C) other than ``ignore_index``;
+        numpy.exceptions.AxisError (a ValueError and an IndexError) for a bad ``axis``.
 
     Examples
     --------
@@ -550,8 +653,13 @@ def cross_entropy_backward(backend, grad_loss, logits, target, *, weight=None, i
                            validate_targets=True):
     """Gradient of :func:`cross_entropy` with respect to ``logits``.
 
-    ``d loss / d x_c = g (p_c A - u_c) - g (1-eps) w_t [c == t]`` with ``p = softmax(x)``
-    (see docs/fusion.md for ``A`` and ``u``), ``g`` the upstream gradient of the row.
+    Each row's loss is ``sum_c u_c (lse - x_c)`` with coefficients ``u_c`` that do not
+    depend on ``x``, so its gradient is ``g (U p_c - u_c)``, with ``p = softmax(x)``,
+    ``U = sum_c u_c`` and ``g`` the upstream gradient of the row (for "mean", ``grad_loss``
+    divided by what the mean divides the sum by). Index target ``t``:
+    ``u_c = (1-eps) w_t [c == t] + eps/C w_c`` (without weights or smoothing the gradient
+    is ``g (p - onehot(t))``); probability target ``q``: ``u_c = w_c q'_c`` with
+    ``q' = (1-eps) q + eps/C``.
 
     Parameters
     ----------

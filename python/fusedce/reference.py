@@ -1,11 +1,11 @@
 """Plain NumPy reference for every fusedce function.
 
 This module is the definition the kernels are tested against. Every function has the same
-signature and semantics as its ``fusedce`` counterpart (see docs/api.md) but is written for
-clarity: the class axis is moved last, the math is done in float64 with the textbook
-formulas, and the result is cast to the dtype the API promises (loss and lse in float32 for
-float16/float32 input and float64 for float64 input; gradients and softmax outputs in the
-input dtype). Only NumPy arrays are handled and inputs are barely validated.
+signature and semantics as its ``fusedce`` counterpart (see that function's docstring) but
+is written for clarity: the class axis is moved last, the math is done in float64 with the
+textbook formulas, and the result is cast to the dtype the API promises (loss and lse in
+float32 for float16/float32 input and float64 for float64 input; gradients and softmax
+outputs in the input dtype). Only NumPy arrays are handled and inputs are barely validated.
 
 PyTorch's formulas are followed, with the two documented differences: ``"mean"`` over a zero
 total weight returns 0.0 (with a zero gradient) instead of NaN, and ``label_smoothing`` must

@@ -19,10 +19,12 @@ DLPack (no copy) on PyTorch's current stream, bfloat16 and float16 included (the
 kernels compute in float32). On the CPU, bfloat16 tensors, which NumPy cannot hold, are
 converted to float32 and the results cast back; float16 is handed over as is. Losses come back in the input's dtype, as in PyTorch.
 
-Differences from PyTorch, all inherited from fusedce (see docs/api.md): a ``"mean"`` over a
-zero total weight (every target ignored, empty batch) is 0.0 with a zero gradient rather
-than NaN, and ``label_smoothing`` outside [0, 1] raises ValueError. Second derivatives
-(double backward) are not supported.
+Differences from PyTorch, all inherited from fusedce: a ``"mean"`` over a zero total weight
+(every target ignored, empty batch) is 0.0 with a zero gradient rather than NaN;
+``label_smoothing`` outside [0, 1] raises ValueError; ignored rows get an exactly zero
+gradient even when their logits are NaN or all -inf; a class whose smoothing / probability
+coefficient is 0 adds nothing even where its logit is -inf (PyTorch: 0 * -inf = NaN).
+Second derivatives (double backward) are not supported.
 
 >>> import torch
 >>> import fusedce.torch as ft
