@@ -28,6 +28,8 @@ void mse_backward(const Rows&, const Rows&, const Rows&, const RowStats&, const 
 }
 bool available() { return false; }
 int device_count() { return 0; }
-std::string unavailable_reason() { return "fusedce was built without CUDA support (no CUDA compiler was found)"; }
+std::string unavailable_reason() {
+  return "fusedce was built without its CUDA kernels (no CUDA compiler was found, or FUSEDCE_CUDA=OFF)";
+}
 const char* build_info() { return "not built"; }
 }  // namespace fusedce::cuda

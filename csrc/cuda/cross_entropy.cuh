@@ -41,6 +41,8 @@
 // dx may alias the logits: every element is read by the thread that writes it, before the
 // write, and everything a row needs is read before the row's reductions.
 
+#pragma once
+
 #include <climits>
 
 #include "common.cuh"
@@ -206,6 +208,12 @@ template <typename T, typename Team, int NV>
 __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a) {
   using S = compute_t<T>;
   constexpr int VEC = Pack<T>::N;
+  if constexpr (Team::kCluster > 1) {
+    if (!SIMT_HAS_CLUSTERS) {  // compiled for pre-Hopper GPUs too, where it is never launched:
+      __trap();                // this keeps its code out of their binary
+      return;
+    }
+  }
   SIMT_SHARED(typename Team::Storage, storage);
   Team team(storage);
   const Flags<T> f(a);
@@ -515,8 +523,11 @@ void launch_rows(const RowArgs<T>& a, int device, cudaStream_t stream) {
   launch_streaming(a, device, props, stream);
 }
 
+}  // namespace
+
+// One dtype's row op (instantiated once per dtype, in cross_entropy_<dtype>.cu).
 template <typename T>
-void run_typed(RowMode mode, const Rows& x, const Target& target, const LossOptions& opt,
+void run_row_op_typed(RowMode mode, const Rows& x, const Target& target, const LossOptions& opt,
                const RowStats& stats, const Rows& out, const Launch& launch) {
   using S = compute_t<T>;
   RowArgs<T> a{};
@@ -559,30 +570,6 @@ void run_typed(RowMode mode, const Rows& x, const Target& target, const LossOpti
   launch_rows(a, launch.device, stream_of(launch));
 }
 
-}  // namespace
-
-void run_row_op(RowMode mode, const Rows& x, const Target& target, const LossOptions& opt,
-                const RowStats& stats, const Rows& out, const Launch& launch) {
-  switch (x.dtype) {
-    case DType::Float32: return run_typed<float>(mode, x, target, opt, stats, out, launch);
-    case DType::Float64: return run_typed<double>(mode, x, target, opt, stats, out, launch);
-    case DType::Float16: return run_typed<__half>(mode, x, target, opt, stats, out, launch);
-    case DType::BFloat16: return run_typed<__nv_bfloat16>(mode, x, target, opt, stats, out, launch);
-    default: throw std::invalid_argument("fusedce CUDA: logits must be float32, float64, float16 or bfloat16");
-  }
-}
-
 }  // namespace detail
-
-void cross_entropy_forward(const Rows& logits, const Target& target, const LossOptions& opt,
-                           const RowStats& stats, const Launch& launch) {
-  detail::run_row_op(detail::kLossOnly, logits, target, opt, stats, Rows{}, launch);
-}
-
-void cross_entropy_with_grad(const Rows& logits, const Target& target, const LossOptions& opt,
-                             const RowStats& stats, const Rows& dx, const Launch& launch) {
-  detail::run_row_op(detail::kLossGrad, logits, target, opt, stats, dx, launch);
-}
-
 }  // namespace cuda
 }  // namespace fusedce

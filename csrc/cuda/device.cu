@@ -37,6 +37,9 @@ std::string unavailable_reason() {
   if (e == cudaErrorInsufficientDriver) {
     int driver = 0;
     (void)cudaDriverGetVersion(&driver);
+    if (driver == 0)  // the runtime reports a missing driver (no libcuda.so) this way too
+      return "no NVIDIA driver is installed (libcuda.so was not found): the CUDA kernels need an NVIDIA GPU "
+             "and its driver";
     return "the NVIDIA driver (CUDA " + version_text(driver) + ") is older than the CUDA runtime fusedce was built with (" +
            version_text(CUDART_VERSION) + "): update the driver, or build fusedce with an older CUDA toolkit";
   }

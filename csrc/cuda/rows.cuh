@@ -1,6 +1,8 @@
 // The one row kernel behind cross_entropy_forward, cross_entropy_with_grad, softmax_forward
-// and log_softmax forward (they differ only in what is written at the end). Kernels and their
-// dispatch live in cross_entropy.cu; softmax.cu calls run_row_op.
+// and log_softmax forward (they differ only in what is written at the end). The kernels and
+// their dispatch are in cross_entropy.cuh, compiled once per dtype (cross_entropy_<dtype>.cu,
+// so that the build's compilers work in parallel); cross_entropy.cu and softmax.cu call
+// run_row_op.
 #pragma once
 
 #include "core/types.h"
@@ -18,6 +20,11 @@ enum RowMode : int {
 
 void run_row_op(RowMode mode, const Rows& x, const Target& target, const LossOptions& opt,
                 const RowStats& stats, const Rows& out, const Launch& launch);
+
+// run_row_op for logits of storage type T (float, double, __half, __nv_bfloat16).
+template <typename T>
+void run_row_op_typed(RowMode mode, const Rows& x, const Target& target, const LossOptions& opt,
+                      const RowStats& stats, const Rows& out, const Launch& launch);
 
 }  // namespace detail
 }  // namespace cuda

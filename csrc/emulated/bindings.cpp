@@ -73,11 +73,13 @@ PYBIND11_MODULE(_emulated, m) {
         "0: threads run in a fixed order between waits; otherwise an order shuffled from this seed");
   m.def("shuffle_seed", &simt::shuffle_seed);
   m.def("set_driver_error", [](const std::string& name) {
-    if (name.empty()) simt::set_driver_error(cudaSuccess);
-    else if (name == "insufficient_driver") simt::set_driver_error(cudaErrorInsufficientDriver);
-    else if (name == "no_device") simt::set_driver_error(cudaErrorNoDevice);
-    else throw std::invalid_argument("name must be '', 'insufficient_driver' or 'no_device'");
-  }, py::arg("name"), "Make the emulated driver fail as an old driver or a machine without GPU would ('' undoes it)");
+    if (name.empty()) simt::set_driver_error(cudaSuccess, 0);
+    else if (name == "old_driver") simt::set_driver_error(cudaErrorInsufficientDriver, CUDART_VERSION - 1000);
+    else if (name == "no_driver") simt::set_driver_error(cudaErrorInsufficientDriver, 0);
+    else if (name == "no_device") simt::set_driver_error(cudaErrorNoDevice, CUDART_VERSION);
+    else throw std::invalid_argument("name must be '', 'old_driver', 'no_driver' or 'no_device'");
+  }, py::arg("name"),
+     "Make the emulated driver fail as an old driver, a machine without driver or one without GPU would ('' undoes it)");
   m.def("selftest", &emulated::selftest, py::arg("name"),
         "Runs one of the model's self-check kernels (tests/test_emulated_model.py): returns what it computed");
 #if defined(__SANITIZE_ADDRESS__)

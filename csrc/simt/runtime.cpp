@@ -53,6 +53,7 @@ std::mutex state_mutex;  // the log and the attribute table may be touched from 
 std::map<const void*, FunctionAttributes> attributes;
 std::vector<LaunchRecord> log;
 cudaError_t driver_error = cudaSuccess;
+int driver_version = CUDART_VERSION;
 
 thread_local int current = 0;
 thread_local cudaError_t last_error = cudaSuccess;
@@ -109,7 +110,10 @@ void clear_launch_log() {
   log.clear();
 }
 
-void set_driver_error(cudaError_t e) { driver_error = e; }
+void set_driver_error(cudaError_t e, int version) {
+  driver_error = e;
+  driver_version = e == cudaSuccess ? CUDART_VERSION : version;
+}
 
 cudaError_t set_last_error(cudaError_t e) {
   if (e != cudaSuccess) last_error = e;
@@ -300,8 +304,7 @@ const char* cudaGetErrorString(cudaError_t e) {
 }
 
 cudaError_t cudaDriverGetVersion(int* version) {
-  // an insufficient driver is older than the runtime; the emulated one matches it
-  *version = simt::driver_error == cudaErrorInsufficientDriver ? CUDART_VERSION - 1000 : CUDART_VERSION;
+  *version = simt::driver_version;
   return cudaSuccess;
 }
 

@@ -51,8 +51,10 @@ std::vector<LaunchRecord> launch_log();
 void clear_launch_log();
 
 // Pretend the installed driver fails the way `e` says (cudaErrorInsufficientDriver,
-// cudaErrorNoDevice, ...) in every runtime call; cudaSuccess restores the emulated GPUs.
-void set_driver_error(cudaError_t e);
+// cudaErrorNoDevice, ...) in every runtime call, and reports `driver_version` (0: no driver
+// at all, which the runtime also reports as an insufficient driver); cudaSuccess restores
+// the emulated GPUs.
+void set_driver_error(cudaError_t e, int driver_version);
 
 // The name of a kernel, from the compiler's spelling of the template argument.
 std::string tidy_kernel_name(const char* pretty_function);

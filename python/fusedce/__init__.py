@@ -152,6 +152,8 @@ def show_config(print_it: bool = True) -> str | None:
         f"  cuda:         {'yes' if cuda_available() else 'no'} "
         f"(build: {_core.cuda_build_info()}, devices: {_core.cuda_device_count()})",
     ]
+    if not cuda_available():  # in words: no build, no GPU, or a driver older than the runtime
+        lines.append(f"                {_core.cuda_unavailable_reason()}")
     text = "\n".join(lines)
     if print_it:
         print(text)

@@ -1,0 +1,7 @@
+// The float32 row kernels of cross_entropy.cuh (one dtype per file: they compile in parallel).
+#include "cross_entropy.cuh"
+
+namespace fusedce::cuda::detail {
+template void run_row_op_typed<float>(RowMode, const Rows&, const Target&, const LossOptions&, const RowStats&,
+                                     const Rows&, const Launch&);
+}  // namespace fusedce::cuda::detail

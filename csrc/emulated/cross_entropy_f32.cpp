@@ -1,0 +1,2 @@
+// csrc/cuda/cross_entropy_f32.cu compiled as C++ against the CPU execution model (csrc/simt).
+#include "cuda/cross_entropy_f32.cu"
