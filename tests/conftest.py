@@ -50,6 +50,8 @@ if settings is not None:
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                           HealthCheck.function_scoped_fixture])
     settings.register_profile("ci", max_examples=40, **_common)
+    # for the slow sanitized, shuffled run of the emulated GPU in .ci/run
+    settings.register_profile("sanitized", max_examples=12, **_common)
     settings.register_profile("dev", max_examples=400, **_common)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
