@@ -289,6 +289,11 @@ def dtype_code(dtype) -> _core.DType:
     return _DTYPES[dtype]
 
 
+# np.reshape(..., copy=False) (raise rather than copy) exists from NumPy 2.1; before it, a
+# view whose shape is set does the same.
+_RESHAPE_NEVER_COPIES = np.lib.NumpyVersion(np.__version__) >= "2.1.0"
+
+
 def _flat_rows(moved, xp):
     """(rows, C) view of an array whose class axis is last, or None if that needs a copy."""
     c = moved.shape[-1]
@@ -296,9 +301,9 @@ def _flat_rows(moved, xp):
     if moved.ndim == 2:
         return moved
     try:
-        if xp is np:
+        if xp is np and _RESHAPE_NEVER_COPIES:
             return np.reshape(moved, (n, c), copy=False)
-        view = moved.view()
+        view = moved.view()  # raises AttributeError where the reshape would need a copy
         view.shape = (n, c)
         return view
     except (ValueError, AttributeError):
