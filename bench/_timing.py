@@ -1,9 +1,12 @@
 """Timing helpers shared by the fusedce benchmark scripts.
 
 Everything here is plain Python: a `measure` function (warm-up, then an adaptive
-number of repetitions, median of wall-clock times from `time.perf_counter`), a small
-progress reporter that writes to stderr (so a table printed on stdout stays clean),
-and a description of the machine for the report header.
+number of repetitions, median of wall-clock times from `time.perf_counter`), a
+`measure_interleaved` function that times several callables in alternating rounds (so
+that a kernel and the copy it is divided by are measured close together in time), a
+`Ratio` of two such measurements with its spread, a small progress reporter that writes
+to stderr (so a table printed on stdout stays clean), and a description of the machine
+for the report header.
 
 `measure` takes an optional `setup` callable, run before every repetition and not
 timed (e.g. to refresh a scratch buffer that an in-place kernel overwrites), and an
@@ -14,6 +17,7 @@ a device synchronisation for GPU work).
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import os
 import platform
@@ -22,22 +26,53 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
+
+
+_GROUPS = itertools.count(1)
 
 
 @dataclass
 class Measurement:
-    """Wall-clock times of one benchmarked callable, in seconds."""
+    """Wall-clock times of one benchmarked callable, in seconds.
+
+    `times` holds every timed repetition in the order they ran, `rounds` the round each
+    one belongs to (empty: one round, as `measure` gives). `group` names the
+    `measure_interleaved` call that took them: two measurements of one group ran their
+    round r at about the same moment, so they can be compared round by round. `anchor`
+    (optional) is a measurement of the same group that gauges the machine's speed (a
+    plain copy): `ratio_of` compares measurements of different groups through theirs.
+    """
 
     times: List[float] = field(default_factory=list)
+    rounds: List[int] = field(default_factory=list)
+    group: Optional[int] = None
+    anchor: Optional["Measurement"] = field(default=None, repr=False, compare=False)
+
+    def by_round(self) -> Dict[int, float]:
+        """The fastest call of each round, {round: seconds}: other work on the machine
+        only ever adds time to a call, so the fastest of a short batch is the one it
+        disturbed least. Without rounds (`measure`): {0: the median call}."""
+        if not self.rounds:
+            return {0: statistics.median(self.times)}
+        per: Dict[int, List[float]] = {}
+        for r, t in zip(self.rounds, self.times):
+            per.setdefault(r, []).append(t)
+        return {r: min(v) for r, v in sorted(per.items())}
 
     @property
     def median(self) -> float:
-        return statistics.median(self.times)
+        """The median over the rounds of each round's fastest call (`measure`: the
+        median call)."""
+        return statistics.median(self.by_round().values())
 
     @property
     def reps(self) -> int:
         return len(self.times)
+
+    @property
+    def n_rounds(self) -> int:
+        return len(set(self.rounds)) if self.rounds else 1
 
     @property
     def median_ms(self) -> float:
@@ -49,7 +84,11 @@ class Measurement:
             "min_ms": min(self.times) * 1e3,
             "max_ms": max(self.times) * 1e3,
             "reps": self.reps,
+            "rounds": self.n_rounds,
+            "group": self.group,
+            "round_ms": {r: t * 1e3 for r, t in self.by_round().items()},
             "times_ms": [t * 1e3 for t in self.times],
+            "round_of_rep": list(self.rounds),
         }
 
 
@@ -113,6 +152,219 @@ def measure(
             gc.enable()
 
 
+@dataclass
+class Op:
+    """One callable for `measure_interleaved`.
+
+    setup: run before every call, untimed. prepare: run before each batch of calls (and
+    before the warm-up), untimed, when the op before it had another prepare: e.g. set
+    the thread count its batch runs with. warmup: untimed calls before the first round
+    (0: the first timed call, in round 0, is the estimate). min_rounds: when `max_time`
+    limits a slow op to fewer rounds than the others, it still takes part in at least
+    this many (spread over the run).
+    """
+
+    name: str
+    fn: Callable[[], object]
+    setup: Optional[Callable[[], object]] = None
+    prepare: Optional[Callable[[], object]] = None
+    warmup: int = 1
+    min_rounds: int = 3
+
+
+def _spread_rounds(n: int, total: int) -> List[int]:
+    """n of the rounds 0 .. total-1, evenly spread, the first (and for n > 1 the last)
+    included."""
+    if n >= total:
+        return list(range(total))
+    if n <= 1:
+        return [0]
+    return sorted({round(i * (total - 1) / (n - 1)) for i in range(n)})
+
+
+def measure_interleaved(
+    ops: Sequence[Op],
+    *,
+    rounds: int = 5,
+    min_time: float = 0.3,
+    min_reps: int = 3,
+    max_reps: int = 10_000,
+    max_time: Optional[float] = None,
+    reps: Optional[int] = None,
+    sync: Optional[Callable[[], object]] = None,
+) -> Dict[str, object]:
+    """Time several callables in `rounds` alternating rounds: each round runs a short
+    batch of every op, one op after the other, and the order rotates from round to
+    round. Two ops' batches of one round are then at most one round apart in time, so
+    a ratio of their times taken round by round (see `Ratio`) follows a machine whose
+    speed moves from second to second (other processes, other tenants of a VM), where
+    two measurements taken one after the other in blocks would not.
+
+    Per op: `warmup` untimed calls (see `Op`), which also estimate its time; then about
+    `min_time` seconds of timed calls spread over the rounds, at least one call per
+    round, and at least `min_reps` per round where that many fit in twice the op's
+    share of a round (so that a round's fastest call is likely an undisturbed one), at
+    most `max_reps` in all. With `max_time`, an op slower than max_time / rounds takes
+    part in only about max_time / (its time) rounds (at least its `min_rounds`), spread
+    over the run. `reps` instead asks for exactly that many calls per op, spread over
+    the rounds.
+
+    Returns {op name: Measurement}, or the exception an op raised (it is then left out
+    of the following rounds). The garbage collector is paused while timing.
+    """
+    group = next(_GROUPS)
+    out: Dict[str, object] = {}
+    plan: Dict[str, tuple] = {}  # name -> (rounds it runs in, calls per round)
+
+    def make_plan(op, estimate):
+        if reps is not None:
+            n = max(1, min(rounds, reps))
+            return set(_spread_rounds(n, rounds)), max(1, math.ceil(reps / n))
+        estimate = max(estimate, 1e-9)
+        n = rounds
+        if max_time is not None:
+            n = min(rounds, max(op.min_rounds, int(max_time // estimate)))
+        n = max(1, n)
+        share = min_time / n
+        k = max(1, math.ceil(share / estimate), min(min_reps, int(2 * share // estimate)))
+        return set(_spread_rounds(n, rounds)), max(1, min(k, max_reps // n))
+
+    prepared = [None]  # the prepare callable run last
+
+    def prepare(op):
+        if op.prepare is not None and op.prepare is not prepared[0]:
+            op.prepare()
+            prepared[0] = op.prepare
+
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        live = []
+        for op in ops:
+            try:
+                prepare(op)
+                estimate = None
+                for _ in range(op.warmup):
+                    estimate = _timed_call(op.fn, op.setup, sync)
+                    if estimate >= min_time:
+                        break
+            except Exception as exc:  # one broken op must not end the others
+                out[op.name] = exc
+                continue
+            out[op.name] = Measurement(group=group)
+            if estimate is not None:
+                plan[op.name] = make_plan(op, estimate)
+            live.append(op)
+        for r in range(rounds):
+            shift = r % len(live) if live else 0
+            for op in live[shift:] + live[:shift]:
+                m = out[op.name]
+                if not isinstance(m, Measurement):
+                    continue  # failed in an earlier round
+                if op.name in plan and r not in plan[op.name][0]:
+                    continue
+                try:
+                    prepare(op)
+                    done = 0
+                    if op.name not in plan:  # no warm-up: the first call is the estimate
+                        first = _timed_call(op.fn, op.setup, sync)
+                        m.times.append(first)
+                        m.rounds.append(r)
+                        plan[op.name] = make_plan(op, first)
+                        done = 1
+                    which, k = plan[op.name]
+                    if r not in which:
+                        continue
+                    for _ in range(k - done):
+                        m.times.append(_timed_call(op.fn, op.setup, sync))
+                        m.rounds.append(r)
+                except Exception as exc:
+                    out[op.name] = exc
+        return out
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile of values, linear between order statistics."""
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+@dataclass
+class Ratio:
+    """a / b for two measurements, with a spread that says how far it can be trusted.
+
+    When both come from one `measure_interleaved` call (same group), each round gives a
+    ratio of two batches timed moments apart; `value` is the median of those per-round
+    ratios and `lo` .. `hi` their range (with SPREAD_QUANTILE > 0, the range of the
+    middle ones, SPREAD_QUANTILE to 1 - SPREAD_QUANTILE); `paired` is True. When they
+    come from different calls but each has an anchor in its own group, a / b = (a / a's
+    anchor) / (b / b's anchor): a machine that got slower between the two calls slows
+    the anchors alike, so that drift drops out; `lo` .. `hi` is then lo_a / hi_b ..
+    hi_a / lo_b. Otherwise `value` is the ratio of the two medians and `lo` .. `hi` is
+    formed the same way from each one's own spread over its rounds. `n` is the number of
+    rounds it rests on (the fewer of the two; 1: no spread known).
+    """
+
+    value: float
+    lo: float
+    hi: float
+    n: int
+    paired: bool
+
+    @property
+    def spread(self) -> Optional[float]:
+        """Half the width of lo .. hi relative to value (0.05 = +-5 %); None if unknown."""
+        if self.n < 2 or not self.value > 0:
+            return None
+        return (self.hi - self.lo) / 2 / self.value
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "lo": self.lo, "hi": self.hi, "rounds": self.n,
+                "paired": self.paired}
+
+
+# 0: a ratio's spread is the whole range of its per-round ratios. On a busy machine the
+# speed moves over seconds, so the rounds of one run are alike and the next run differs
+# more than they do: a narrower band (the quartiles, 0.25) left most of the next runs'
+# figures outside it.
+SPREAD_QUANTILE = 0.0
+
+
+def ratio_of(a: Optional[Measurement], b: Optional[Measurement]) -> Optional[Ratio]:
+    """Ratio(a / b) or None when either is missing."""
+    if not isinstance(a, Measurement) or not isinstance(b, Measurement):
+        return None
+    if a.group is None or a.group != b.group:
+        ta, tb = a.anchor, b.anchor
+        if (isinstance(ta, Measurement) and isinstance(tb, Measurement)
+                and ta.group == a.group and tb.group == b.group and a.group is not None):
+            xa, xb = ratio_of(a, ta), ratio_of(b, tb)
+            if xa is not None and xb is not None and xb.value > 0 and xb.lo > 0:
+                return Ratio(xa.value / xb.value, xa.lo / xb.hi, xa.hi / xb.lo,
+                             min(xa.n, xb.n), False)
+    ra, rb = a.by_round(), b.by_round()
+    q = SPREAD_QUANTILE
+    common = sorted(set(ra) & set(rb)) if a.group is not None and a.group == b.group else []
+    if common and all(rb[r] > 0 for r in common):
+        per = [ra[r] / rb[r] for r in common]
+        return Ratio(statistics.median(per), _quantile(per, q), _quantile(per, 1 - q),
+                     len(per), True)
+    va, vb = list(ra.values()), list(rb.values())
+    if not va or not vb or min(vb) <= 0:
+        return None
+    n = min(len(va), len(vb))
+    return Ratio(statistics.median(va) / statistics.median(vb),
+                 _quantile(va, q) / _quantile(vb, 1 - q),
+                 _quantile(va, 1 - q) / _quantile(vb, q), n, False)
+
+
 class Progress:
     """One line per step on stderr, with the time elapsed since the start."""
 
@@ -145,7 +397,15 @@ def fmt_ms(ms: Optional[float]) -> str:
     return f"{ms:.3f}"
 
 
-def fmt_ratio(r: Optional[float]) -> str:
+def fmt_ratio(r) -> str:
+    """A ratio (a float or a Ratio) as '2.43x'; a Ratio with a known spread as
+    '2.43x ±6%'."""
+    if isinstance(r, Ratio):
+        spread = r.spread
+        text = fmt_ratio(r.value)
+        if spread is None or text == "-":
+            return text
+        return f"{text} ±{spread * 100:.0f}%"
     if r is None or not math.isfinite(r):
         return "-"
     if r >= 100:

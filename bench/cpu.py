@@ -2,7 +2,7 @@
 """CPU benchmark of fusedce against the memory floor, PyTorch and the NumPy reference.
 
     python bench/cpu.py                  # default shapes, 1 thread and all cores
-    python bench/cpu.py --quick          # a few seconds: small shapes (smoke test / demo)
+    python bench/cpu.py --quick          # 5-15 s: small shapes (smoke test / demo)
     python bench/cpu.py --shapes 8192x32000 --threads 1
     python bench/cpu.py --plot fusion.png --out table.md --json raw.json
 
@@ -25,14 +25,22 @@ logits N x C, int64 class targets, reduction="mean") and every thread count it t
   numpy      fusedce.reference.cross_entropy_with_grad (float64 NumPy, single-threaded;
              one repetition on big shapes; skipped above --ref-max-elems unless --all).
 
-Each time is the median of an adaptive number of repetitions (>= 3, ~0.3 s in total)
-after a warm-up call.
+Timing: every op of a shape at every thread count, the floors included (and of several
+shapes when they are small: --group-mb), is timed together in interleaved rounds (5; 9
+with --quick): a warm-up call each, then in every round a short batch of each op in turn
+(~0.3 s per op in all; 0.1 s with --quick). A time is the median over the rounds of each
+round's fastest call (other work only ever adds time to a call). A ratio (time / floor,
+or one op over another) is the median of the per-round ratios, each from two batches
+timed moments apart, so a machine whose speed drifts slows both alike; the tables print
+it with its spread: ±, half the range of the per-round ratios relative to the median.
+The NumPy reference runs in rounds of its own, with a one-thread copy as its floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import json
 import os
@@ -44,13 +52,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import (  # noqa: E402
+    SPREAD_QUANTILE,
+    Measurement,
+    Op,
     OtherLoad,
     Progress,
     cpu_model,
     fmt_ms,
     fmt_ratio,
     last_level_cache_bytes,
-    measure,
+    measure_interleaved,
+    ratio_of,
     usable_cores,
 )
 
@@ -64,6 +76,7 @@ FUSED_FWD, FUSED_FB, FUSED_FB_INPLACE = "fused_fwd", "fused_fwdbwd", "fused_fwdb
 UNFUSED_FWD, UNFUSED_FB = "unfused_fwd", "unfused_fwdbwd"
 TORCH_FWD, TORCH_FB = "torch_fwd", "torch_fwdbwd"
 NUMPY_FB = "numpy_fwdbwd"
+NUMPY_COPY = "numpy_copy"  # the copy timed in the reference's own rounds
 
 
 # ----------------------------------------------------------------------------- setup
@@ -181,83 +194,81 @@ class Runner:
         self.context = {}  # shape and threads of what is being timed, for the records
         self.noisy = set()  # (shape, threads, op) timed while other processes were busy
 
-    def timed(self, label, key, fn, **kw):
-        """Measure fn; store and report it. Returns median ms, or None on failure."""
-        opts = dict(min_time=self.args.min_time, min_reps=self.args.min_reps)
-        if self.args.reps is not None:
-            opts["reps"] = self.args.reps
-        opts.update(kw)
+    def timed(self, items):
+        """Measure ops interleaved in rounds (measure_interleaved); store and report them.
+        items: (label, context, key, Op) tuples, Op names unique. Returns {op name:
+        Measurement}; an op that failed is left out."""
+        a = self.args
+        opts = dict(rounds=a.rounds, min_time=a.min_time, min_reps=a.min_reps,
+                    max_time=3 * a.min_time)
+        if a.reps is not None:
+            opts["reps"] = a.reps
+        labels = list(dict.fromkeys(label for label, _, _, _ in items))
+        self.progress(f"timing {len(items)} ops in {a.rounds} interleaved rounds: "
+                      + ", ".join(labels))
         probe = OtherLoad()
         probe.start()
         try:
-            m = measure(fn, **opts)
+            got = measure_interleaved([op for _, _, _, op in items], **opts)
         except MemoryError:
-            self.progress(f"{label} {key}: out of memory, skipped")
-            return None
-        except Exception as exc:  # keep going: one broken op must not end a long run
-            self.progress(f"{label} {key}: FAILED ({type(exc).__name__}: {exc})")
-            self.records.append(dict(self.context, op=key, error=f"{type(exc).__name__}: {exc}"))
-            return None
+            self.progress(f"{items[0][0]}...: out of memory, skipped")
+            return {}
         other = probe.stop()
-        busy = other is not None and other > self.args.max_other_load
-        note = f"  [other processes used {other:.2f} cores: noisy]" if busy else ""
-        self.progress(f"{label} {key:<22} {fmt_ms(m.median_ms):>9} ms  ({m.reps} reps){note}")
-        self.records.append(dict(self.context, op=key, other_load_cores=other, **m.as_dict()))
+        busy = other is not None and other > a.max_other_load
+        res = {}
+        for label, context, key, op in items:
+            m = got.get(op.name)
+            if isinstance(m, MemoryError):
+                self.progress(f"{label} {key}: out of memory, skipped")
+            elif isinstance(m, Exception):  # keep going: one broken op must not end a run
+                self.progress(f"{label} {key}: FAILED ({type(m).__name__}: {m})")
+                self.records.append(dict(context, op=key, error=f"{type(m).__name__}: {m}"))
+            elif isinstance(m, Measurement) and m.reps:
+                self.progress(f"{label} {key:<22} {fmt_ms(m.median_ms):>9} ms  "
+                              f"({m.reps} reps in {m.n_rounds} rounds)")
+                self.records.append(dict(context, op=key, other_load_cores=other,
+                                         **m.as_dict()))
+                res[op.name] = m
+                if busy:
+                    self.noisy.add((tuple(context.get("shape", ())), context.get("threads"),
+                                    key))
         if busy:
-            self.noisy.add((tuple(self.context.get("shape", ())), self.context.get("threads"),
-                            key))
-        return m.median_ms
+            self.progress(f"other processes kept {other:.2f} cores busy during those "
+                          "timings: noisy")
+        return res
 
-    # One (shape, threads) setting: every op except the NumPy reference. With sweep=True
-    # (the --plot sweep) only the floors and the forward+backward ops.
-    def run_setting(self, x, target, bufs, threads, label, sweep=False, check=True):
+    def set_threads(self, threads):
+        self.fc.set_num_threads(threads)
+        if self.torch is not None:
+            self.torch.set_num_threads(threads)
+
+    def setting_ops(self, x, target, bufs, threads, label, sweep=False):
+        """The ops of one (shape, threads) setting: [(key, Op)], Op names prefixed with
+        label, and the Floors objects to close afterwards. With sweep=True (the --plot
+        sweep) only the copy floor and the forward+backward ops."""
         fc, torch, F = self.fc, self.torch, self.F
         out, scratch, dlogp = bufs
-        res = {}
-        fc.set_num_threads(threads)
-        if torch is not None:
-            torch.set_num_threads(threads)
+        prepare = functools.partial(self.set_threads, threads)
 
         # The floor for t threads is the faster of the copy (read) on one thread and on t
         # threads: for small arrays the thread hand-off costs more than it saves.
-        floor_ops = [(FLOOR_COPY, lambda fl: fl.copy_fn(x, out))]
+        floors = {ft: Floors(ft) for ft in sorted({1, threads})}
+        ops = []
+        for key in ([FLOOR_COPY] if sweep else [FLOOR_COPY, FLOOR_READ]):
+            for ft, fl in floors.items():
+                fn = fl.copy_fn(x, out) if key == FLOOR_COPY else fl.read_fn(x)
+                ops.append((f"{key} ({ft} thr)", fn, None))
         if not sweep:
-            floor_ops.append((FLOOR_READ, lambda fl: fl.read_fn(x)))
-        for key, make in floor_ops:
-            best = None
-            for ft in sorted({1, threads}):
-                floors = Floors(ft)
-                try:
-                    ms = self.timed(label, f"{key} ({ft} thr)", make(floors))
-                finally:
-                    floors.close()
-                if ms is not None and (best is None or ms < best):
-                    best = ms
-            res[key] = best
-
-        if sweep:
-            res[FUSED_FB] = self.timed(
-                label, FUSED_FB, lambda: fc.cross_entropy_with_grad(x, target, out=out))
-            if not self.args.no_unfused:
-                res[UNFUSED_FB] = self.timed(label, UNFUSED_FB, self._unfused(x, target, bufs))
-            if torch is not None:
-                res[TORCH_FB] = self.timed(label, TORCH_FB, self._torch_fb(x, target))
-            return res
-
-        res[FUSED_FWD] = self.timed(label, FUSED_FWD, lambda: fc.cross_entropy(x, target))
-        res[FUSED_FB] = self.timed(
-            label, FUSED_FB, lambda: fc.cross_entropy_with_grad(x, target, out=out))
-        if not self.args.no_inplace:
-            res[FUSED_FB_INPLACE] = self.timed(
-                label, FUSED_FB_INPLACE,
-                lambda: fc.cross_entropy_with_grad(scratch, target, inplace=True),
-                setup=lambda: np.copyto(scratch, x))
-
+            ops.append((FUSED_FWD, lambda: fc.cross_entropy(x, target), None))
+        ops.append((FUSED_FB, lambda: fc.cross_entropy_with_grad(x, target, out=out), None))
+        if not sweep and not self.args.no_inplace:
+            ops.append((FUSED_FB_INPLACE,
+                        lambda: fc.cross_entropy_with_grad(scratch, target, inplace=True),
+                        lambda: np.copyto(scratch, x)))
         if not self.args.no_unfused:
-            res[UNFUSED_FWD] = self.timed(label, UNFUSED_FWD,
-                                          self._unfused(x, target, bufs, backward=False))
-            res[UNFUSED_FB] = self.timed(label, UNFUSED_FB, self._unfused(x, target, bufs))
-
+            if not sweep:
+                ops.append((UNFUSED_FWD, self._unfused(x, target, bufs, backward=False), None))
+            ops.append((UNFUSED_FB, self._unfused(x, target, bufs), None))
         if torch is not None:
             xt = torch.from_numpy(x)
             tt = torch.from_numpy(target)
@@ -266,13 +277,53 @@ class Runner:
                 with torch.no_grad():
                     return F.cross_entropy(xt, tt)
 
-            res[TORCH_FWD] = self.timed(label, TORCH_FWD, torch_fwd)
-            res[TORCH_FB] = self.timed(label, TORCH_FB, self._torch_fb(x, target))
-            del xt, tt
+            if not sweep:
+                ops.append((TORCH_FWD, torch_fwd, None))
+            ops.append((TORCH_FB, self._torch_fb(x, target), None))
+        return ([(key, Op(f"{label} {key}", fn, setup=setup, prepare=prepare))
+                 for key, fn, setup in ops], list(floors.values()))
 
-        if check and not self.args.no_check:
-            self.check(x, target, bufs, label)
-        return res
+    # Several (shape, threads) settings: every op of every setting, floors included, timed
+    # together in interleaved rounds, so that each ratio to a floor comes from timings
+    # taken moments apart, and each setting's rounds spread over the whole call.
+    def run_settings(self, settings, sweep=False):
+        """settings: dicts with x, target, bufs, threads, label, context. Returns one
+        {op: Measurement} per setting."""
+        items, per_setting, to_close = [], [], []
+        try:
+            for st in settings:
+                ops, floors = self.setting_ops(st["x"], st["target"], st["bufs"],
+                                               st["threads"], st["label"], sweep)
+                to_close += floors
+                items += [(st["label"], st["context"], key, op) for key, op in ops]
+                per_setting.append(ops)
+            got = self.timed(items)
+        finally:
+            for fl in to_close:
+                fl.close()
+        results = []
+        for ops in per_setting:
+            mine = {key: got.get(op.name) for key, op in ops}
+            # the one-thread copy, timed in every round, anchors this setting's timings
+            # for comparisons with other calls' (the NumPy reference's rounds)
+            anchor = mine.get(f"{FLOOR_COPY} (1 thr)")
+            for m in mine.values():
+                if m is not None:
+                    m.anchor = anchor
+            res = {}
+            for fkey in ([FLOOR_COPY] if sweep else [FLOOR_COPY, FLOOR_READ]):
+                variants = [m for key, m in mine.items()
+                            if key.startswith(fkey + " (") and m is not None]
+                res[fkey] = min(variants, key=lambda m: m.median) if variants else None
+            res.update({key: m for key, m in mine.items()
+                        if not key.startswith((FLOOR_COPY + " (", FLOOR_READ + " ("))})
+            results.append(res)
+        return results
+
+    def run_setting(self, x, target, bufs, threads, label, sweep=False):
+        context = dict(self.context, shape=list(x.shape), threads=threads)
+        return self.run_settings([dict(x=x, target=target, bufs=bufs, threads=threads,
+                                       label=label, context=context)], sweep=sweep)[0]
 
     def _unfused(self, x, target, bufs, backward=True):
         """Our own kernels one after the other, into preallocated buffers."""
@@ -340,44 +391,89 @@ class Runner:
         self.records.append(dict(self.context, op="check", losses=losses,
                                  grad_maxdiff_times_n=grad_rel, ok=not bad))
 
-    def run_reference(self, x, target, label):
+    def run_reference(self, x, target, out, label, context):
+        """The NumPy reference, interleaved with a one-thread copy of the logits into out
+        (its floor, measured in the same rounds). Returns (reference, copy) Measurements."""
         ref = self.fc.reference
-        return self.timed(label, NUMPY_FB,
-                          lambda: ref.cross_entropy_with_grad(x, target),
-                          warmup=0, min_reps=1, min_time=self.args.min_time)
+        self.set_threads(1)
+        got = self.timed([
+            (label, context, NUMPY_COPY, Op(f"{label} {NUMPY_COPY}", lambda: np.copyto(out, x))),
+            # no warm-up (it is slow and has no one-time costs); on big shapes one call
+            (label, context, NUMPY_FB,
+             Op(f"{label} {NUMPY_FB}", lambda: ref.cross_entropy_with_grad(x, target),
+                warmup=0, min_rounds=self.args.ref_rounds)),
+        ])
+        copy, m = got.get(f"{label} {NUMPY_COPY}"), got.get(f"{label} {NUMPY_FB}")
+        for each in (copy, m):
+            if each is not None:
+                each.anchor = copy
+        return m, copy
+
+
+def shape_groups(shapes, budget_bytes):
+    """Consecutive shapes whose logits and buffers (4 x N x C float32) fit in budget_bytes
+    together, timed in the same rounds; a bigger shape stands alone."""
+    groups, size = [], 0
+    for n, c in shapes:
+        need = 16 * n * c
+        if groups and size + need <= budget_bytes:
+            groups[-1].append((n, c))
+            size += need
+        else:
+            groups.append([(n, c)])
+            size = need
+    return groups
 
 
 def run_shapes(runner, shapes, threads_list, args):
-    """All shapes x thread counts. Returns {(n, c): {threads: {op: ms}}}."""
+    """All shapes x thread counts. Returns {(n, c): {threads: {op: Measurement}}}.
+    Small consecutive shapes are timed together: every thread count of every shape of a
+    group in the same interleaved rounds."""
     results = {}
     progress = runner.progress
-    for si, (n, c) in enumerate(shapes, 1):
-        label0 = f"({si}/{len(shapes)}) {n}x{c}"
-        progress(f"{label0}: generating {n * c * 4 / 2**20:.0f} MiB of logits")
-        x, target = make_inputs(n, c, args.seed)
-        bufs = (touched_like(x), touched_like(x), touched_like(x))
-        per_threads = {}
-        for t in threads_list:
-            runner.context = {"shape": [n, c], "threads": t}
-            # the agreement check runs once per shape, at the last thread count
-            per_threads[t] = runner.run_setting(x, target, bufs, t, f"{label0} t={t}",
-                                                check=(t == threads_list[-1]))
-        del bufs
-        gc.collect()
-        ref_ms = None
-        if args.no_reference:
-            pass
-        elif n * c > args.ref_max_elems and not args.all:
-            progress(f"{label0}: numpy reference skipped ({n * c:,} elements > "
-                     f"--ref-max-elems {args.ref_max_elems:,}; use --all)")
-        else:
-            runner.context = {"shape": [n, c], "threads": 1}
-            ref_ms = runner.run_reference(x, target, f"{label0} numpy")
-        for t in threads_list:
-            per_threads[t][NUMPY_FB] = ref_ms
-        results[(n, c)] = per_threads
-        del x, target
-        gc.collect()
+    index = {shape: i for i, shape in enumerate(shapes, 1)}
+    for group in shape_groups(shapes, args.group_mb * 2**20):
+        data, settings = {}, []
+        for n, c in group:
+            label0 = f"({index[(n, c)]}/{len(shapes)}) {n}x{c}"
+            progress(f"{label0}: generating {n * c * 4 / 2**20:.0f} MiB of logits")
+            x, target = make_inputs(n, c, args.seed)
+            bufs = (touched_like(x), touched_like(x), touched_like(x))
+            data[(n, c)] = (label0, x, target, bufs)
+            for t in threads_list:
+                settings.append(dict(x=x, target=target, bufs=bufs, threads=t,
+                                     label=f"{label0} t={t}",
+                                     context={"shape": [n, c], "threads": t}))
+        got = runner.run_settings(settings)
+        del settings
+        for (n, c), (label0, x, target, bufs) in data.items():
+            results[(n, c)] = {t: got.pop(0) for t in threads_list}
+            if not args.no_check:
+                # the agreement check, once per shape, at the last thread count
+                runner.context = {"shape": [n, c], "threads": threads_list[-1]}
+                runner.set_threads(threads_list[-1])
+                runner.check(x, target, bufs, f"{label0} t={threads_list[-1]}")
+        del x, target, bufs
+        for n, c in group:
+            # free two of the three buffers before the reference (~40 bytes a logit)
+            label0, x, target, bufs = data.pop((n, c))
+            out = bufs[0]
+            del bufs
+            gc.collect()
+            ref = ref_copy = None
+            if args.no_reference:
+                pass
+            elif n * c > args.ref_max_elems and not args.all:
+                progress(f"{label0}: numpy reference skipped ({n * c:,} elements > "
+                         f"--ref-max-elems {args.ref_max_elems:,}; use --all)")
+            else:
+                ref, ref_copy = runner.run_reference(x, target, out, f"{label0} numpy",
+                                                     {"shape": [n, c], "threads": 1})
+            for t in threads_list:
+                results[(n, c)][t][NUMPY_FB] = ref
+                results[(n, c)][t][NUMPY_COPY] = ref_copy
+            del x, target, out
+            gc.collect()
     return results
 
 
@@ -385,17 +481,33 @@ def run_shapes(runner, shapes, threads_list, args):
 
 
 def ratio(a, b):
-    if a is None or b is None or b <= 0:
-        return None
-    return a / b
+    """Ratio a / b of two Measurements (round by round where they ran in the same
+    rounds, else through the one-thread copies of their own rounds), or None."""
+    return ratio_of(a, b)
 
 
-def cell(ms, floor, noisy=False):
-    if ms is None:
+def cell(m, rat=None, noisy=False):
+    """'ms (ratio ±spread)' for a Measurement m and its Ratio to a floor."""
+    if m is None:
         return "-"
-    r = ratio(ms, floor)
-    text = f"{fmt_ms(ms)} ({fmt_ratio(r)})" if r is not None else fmt_ms(ms)
+    text = fmt_ms(m.median_ms)
+    if rat is not None:
+        text += f" ({fmt_ratio(rat)})"
     return text + "*" if noisy else text
+
+
+def json_ratios(r):
+    """The table's ratios of one shape and thread count, for --json."""
+    pairs = {f"{k}/read": (r.get(k), r.get(FLOOR_READ))
+             for k in (FUSED_FWD, UNFUSED_FWD, TORCH_FWD)}
+    pairs.update({f"{k}/copy": (r.get(k), r.get(FLOOR_COPY))
+                  for k in (FUSED_FB, FUSED_FB_INPLACE, UNFUSED_FB, TORCH_FB)})
+    pairs[f"{TORCH_FWD}/{FUSED_FWD}"] = (r.get(TORCH_FWD), r.get(FUSED_FWD))
+    pairs[f"{TORCH_FB}/{FUSED_FB}"] = (r.get(TORCH_FB), r.get(FUSED_FB))
+    pairs[f"{NUMPY_FB}/copy"] = (r.get(NUMPY_FB), r.get(FLOOR_COPY))
+    pairs[f"{NUMPY_FB}/{FUSED_FB}"] = (r.get(NUMPY_FB), r.get(FUSED_FB))
+    out = {k: ratio(a, b) for k, (a, b) in pairs.items()}
+    return {k: v.as_dict() for k, v in out.items() if v is not None}
 
 
 def noisy_test(noisy):
@@ -427,7 +539,11 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
         f"fusedce {meta['fusedce']} (SIMD {meta['simd']}), numpy {meta['numpy']}"
         + (f", torch {meta['torch']}" if has_torch else f", torch {meta['torch'] or 'absent'}"))
     add("- float32 logits N x C (normal * 3), int64 targets, reduction=\"mean\"; "
-        "times in ms, median of repetitions")
+        f"times in ms (median over {meta['rounds']} interleaved rounds)")
+    load = meta.get("other_load_at_start")
+    if load is not None:
+        add(f"- other processes kept {load:.2f} of {meta['cores']} cores busy at the start"
+            + (" (busy machine: expect wide spreads)" if load > meta["max_other_load"] else ""))
     add("")
     add("### Forward (loss only): ms (time / one streaming read)")
     add("")
@@ -440,11 +556,12 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
         for t in threads_list:
             r = per[t]
             read = r.get(FLOOR_READ)
-            row = [shape_label(n, c), str(t), cell(read, None, nz(n, c, t, FLOOR_READ)),
-                   cell(r.get(FUSED_FWD), read, nz(n, c, t, FUSED_FWD)),
-                   cell(r.get(UNFUSED_FWD), read, nz(n, c, t, UNFUSED_FWD))]
+            row = [shape_label(n, c), str(t), cell(read, None, nz(n, c, t, FLOOR_READ))]
+            row += [cell(r.get(k), ratio(r.get(k), read), nz(n, c, t, k))
+                    for k in (FUSED_FWD, UNFUSED_FWD)]
             if has_torch:
-                row += [cell(r.get(TORCH_FWD), read, nz(n, c, t, TORCH_FWD)),
+                row += [cell(r.get(TORCH_FWD), ratio(r.get(TORCH_FWD), read),
+                             nz(n, c, t, TORCH_FWD)),
                         fmt_ratio(ratio(r.get(TORCH_FWD), r.get(FUSED_FWD)))]
             add("| " + " | ".join(row) + " |")
     add("")
@@ -466,12 +583,14 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
             r = per[t]
             copy = r.get(FLOOR_COPY)
             row = [shape_label(n, c), str(t), cell(copy, None, nz(n, c, t, FLOOR_COPY))]
-            row += [cell(r.get(k), copy, nz(n, c, t, k))
+            row += [cell(r.get(k), ratio(r.get(k), copy), nz(n, c, t, k))
                     for k in (FUSED_FB, FUSED_FB_INPLACE, UNFUSED_FB)]
             if has_torch:
-                row.append(cell(r.get(TORCH_FB), copy, nz(n, c, t, TORCH_FB)))
+                row.append(cell(r.get(TORCH_FB), ratio(r.get(TORCH_FB), copy),
+                                nz(n, c, t, TORCH_FB)))
             if has_ref:
-                row.append(cell(r.get(NUMPY_FB), copy, nz(n, c, t, NUMPY_FB)))
+                row.append(cell(r.get(NUMPY_FB), ratio(r.get(NUMPY_FB), copy),
+                                nz(n, c, t, NUMPY_FB)))
             if has_torch:
                 row.append(fmt_ratio(ratio(r.get(TORCH_FB), r.get(FUSED_FB))))
             if has_ref:
@@ -483,6 +602,20 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
         "numpy ref = fusedce.reference (float64, single-threaded; '-' = skipped). "
         "fused = cross_entropy / cross_entropy_with_grad(out=); "
         "unfused = log_softmax -> nll_loss [-> nll_loss_backward -> log_softmax_backward].")
+    add("")
+    q = round(SPREAD_QUANTILE * 100)
+    band = "range" if q == 0 else f"{q}th to {100 - q}th percentile"
+    add(f"Times: median over {meta['rounds']} interleaved rounds of each round's fastest "
+        "call; every op of the shapes timed together (floors included) runs a short batch "
+        "in each round. Ratios: median over the rounds of the ratio of the two times "
+        f"measured in the same round; ±x% is half the {band} of those per-round ratios, "
+        "relative to the median (no ± = one measurement). The numpy ref runs in its own "
+        "rounds with its own one-thread copy; ratios to it compare each side's ratio to "
+        "the one-thread copy of its own rounds.")
+    if (load or 0) > meta["max_other_load"]:
+        add("")
+        add("The machine was busy: its speed moves over seconds, so a run's rounds are more "
+            "alike than two runs are, and another run may land outside the ± shown.")
     if noisy:
         add("")
         add(f"\\* other processes kept more than {meta['max_other_load']} cores busy during "
@@ -513,29 +646,33 @@ def target_lines(results, threads_list, has_torch, cache_bytes):
     """Pass/fail against the CPU targets, for the shapes that were measured."""
     out = []
 
-    def verdict(ok):
-        return "met" if ok else "NOT met"
+    def line(what, r, op, bound, digits):
+        ok = r.value <= bound if op == "<=" else r.value >= bound
+        spread = r.spread
+        text = f"- {what} = {r.value:.{digits}f}"
+        if spread is not None:
+            text += f" ±{spread * 100:.0f}%"
+        text += f" (target {op} {bound}): {'met' if ok else 'NOT met'}"
+        if spread is not None and r.lo <= bound <= r.hi:
+            text += " (the target is within the spread)"
+        out.append(text)
 
     big = results.get((8192, 32000), {}).get(1)
     if big:
         r = ratio(big.get(FUSED_FB), big.get(FLOOR_COPY))
         if r is not None:
-            out.append(f"- 8192x32000, 1 thread, fused fwd+bwd / copy = {r:.2f} "
-                       f"(target <= 1.5): {verdict(r <= 1.5)}")
+            line("8192x32000, 1 thread, fused fwd+bwd / copy", r, "<=", 1.5, 2)
         r = ratio(big.get(FUSED_FWD), big.get(FLOOR_READ))
         if r is not None:
-            out.append(f"- 8192x32000, 1 thread, fused fwd / read = {r:.2f} "
-                       f"(target <= 1.5): {verdict(r <= 1.5)}")
+            line("8192x32000, 1 thread, fused fwd / read", r, "<=", 1.5, 2)
         r = ratio(big.get(TORCH_FB), big.get(FUSED_FB))
         if r is not None:
-            out.append(f"- 8192x32000, 1 thread, torch fwd+bwd / fused = {r:.1f} "
-                       f"(target >= 10): {verdict(r >= 10)}")
+            line("8192x32000, 1 thread, torch fwd+bwd / fused", r, ">=", 10, 1)
     small = results.get((65536, 10), {}).get(1)
     if small:
         r = ratio(small.get(TORCH_FB), small.get(FUSED_FB))
         if r is not None:
-            out.append(f"- 65536x10, 1 thread, torch fwd+bwd / fused = {r:.1f} "
-                       f"(target >= 20): {verdict(r >= 20)}")
+            line("65536x10, 1 thread, torch fwd+bwd / fused", r, ">=", 20, 1)
     t_hi = max(threads_list)
     if t_hi > 1 and 1 in threads_list:
         limit = cache_bytes or 0
@@ -544,8 +681,8 @@ def target_lines(results, threads_list, has_torch, cache_bytes):
                 continue  # in cache: not one of the out-of-cache shapes the target names
             s = ratio(per[1].get(FUSED_FB), per[t_hi].get(FUSED_FB))
             if s is not None:
-                out.append(f"- {n}x{c}, fused fwd+bwd {t_hi} threads / 1 thread speed-up = "
-                           f"{s:.2f} (target >= 1.6): {verdict(s >= 1.6)}")
+                line(f"{n}x{c}, fused fwd+bwd {t_hi} threads / 1 thread speed-up", s, ">=",
+                     1.6, 2)
     return out
 
 
@@ -554,7 +691,6 @@ def target_lines(results, threads_list, has_torch, cache_bytes):
 
 def run_sweep(runner, args, threads):
     """Fraction of copy bandwidth against C, at a fixed total size of the logits."""
-    fc, torch = runner.fc, runner.torch
     total = int(args.plot_mb * 2**20)
     classes = PLOT_CLASSES if not args.quick else (10, 100, 1000, 10000)
     sweep = []
@@ -566,11 +702,22 @@ def run_sweep(runner, args, threads):
         bufs = (touched_like(x), touched_like(x), touched_like(x))
         runner.context = {"shape": [n, c], "threads": threads, "sweep": True}
         res = runner.run_setting(x, target, bufs, threads, label, sweep=True)
+        out = bufs[0]
         del bufs
         gc.collect()
-        res[NUMPY_FB] = None if args.no_reference else runner.run_reference(x, target, label)
-        sweep.append({"n": n, "c": c, **res})
-        del x, target
+        if not args.no_reference:
+            res[NUMPY_FB], res[NUMPY_COPY] = runner.run_reference(
+                x, target, out, label, dict(runner.context, threads=1))
+        # ms of each op, and each op's time over the copy (value, lo, hi; see Ratio)
+        point = {"n": n, "c": c, "x_copy": {}}
+        for key, m in res.items():
+            point[key] = m.median_ms if m is not None else None
+            floor = res.get(NUMPY_COPY) if key == NUMPY_FB else res.get(FLOOR_COPY)
+            r = ratio(m, floor) if key not in (FLOOR_COPY, NUMPY_COPY) else None
+            if r is not None:
+                point["x_copy"][key] = r.as_dict()
+        sweep.append(point)
+        del x, target, out
         gc.collect()
     return sweep
 
@@ -593,10 +740,10 @@ def draw(sweep, path, meta, threads, plot_mb):
     for key, name, style in series:
         xs, ys = [], []
         for p in sweep:
-            f = ratio(p.get(FLOOR_COPY), p.get(key))
-            if f is not None:
+            r = p["x_copy"].get(key)
+            if r is not None and r["value"] > 0:
                 xs.append(p["c"])
-                ys.append(f)
+                ys.append(1.0 / r["value"])
         if xs:
             ax.plot(xs, ys, style, label=name)
     ax.axhline(1.0, color="gray", lw=0.8)
@@ -627,9 +774,19 @@ def main(argv=None):
     p.add_argument("--threads", help="comma-separated thread counts, 'all' = every usable "
                                      "core (default 1,all)")
     p.add_argument("--min-time", type=float, default=None,
-                   help="seconds of repetitions per measurement (default 0.3; 0.05 with --quick)")
-    p.add_argument("--min-reps", type=int, default=3, help="at least this many repetitions")
-    p.add_argument("--reps", type=int, default=None, help="exactly this many repetitions")
+                   help="seconds of repetitions per measurement, spread over the rounds "
+                        "(default 0.3; 0.1 with --quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="interleaved rounds: every op of the shapes timed together, floors "
+                        "included, runs a short batch in each (default 5; 9 with --quick)")
+    p.add_argument("--group-mb", type=float, default=256,
+                   help="time consecutive shapes in the same rounds while their logits and "
+                        "buffers (16 bytes a logit) fit in this many MiB (default 256)")
+    p.add_argument("--min-reps", type=int, default=3,
+                   help="at least this many repetitions per round where they fit in twice "
+                        "the op's share of a round (default 3)")
+    p.add_argument("--reps", type=int, default=None,
+                   help="exactly this many repetitions per measurement, spread over the rounds")
     p.add_argument("--all", action="store_true",
                    help="run the NumPy reference on every shape, however large")
     p.add_argument("--ref-max-elems", type=int, default=150_000_000,
@@ -658,7 +815,14 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     if args.min_time is None:
-        args.min_time = 0.05 if args.quick else 0.3
+        args.min_time = 0.1 if args.quick else 0.3
+    if args.rounds is None:
+        args.rounds = 9 if args.quick else 5
+    if args.rounds < 1 or args.min_time <= 0:
+        raise SystemExit("--rounds must be >= 1 and --min-time > 0")
+    # the NumPy reference takes part in this many rounds however slow it is (one call
+    # of it takes seconds on the default shapes)
+    args.ref_rounds = 3 if args.quick else 1
     if args.plot_only and not args.plot:
         raise SystemExit("--plot-only needs --plot FILE.png")
     if args.plot_mb is None:
@@ -688,6 +852,7 @@ def main(argv=None):
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         "min_time_s": args.min_time,
+        "rounds": args.rounds,
         "max_other_load": args.max_other_load,
     }
     progress = Progress(quiet=args.quiet)
@@ -730,7 +895,9 @@ def main(argv=None):
             "meta": meta,
             "threads": threads_list,
             "results": [
-                {"shape": [n, c], "threads": t, "median_ms": per[t]}
+                {"shape": [n, c], "threads": t,
+                 "median_ms": {k: m.median_ms for k, m in per[t].items() if m is not None},
+                 "ratios": json_ratios(per[t])}
                 for (n, c), per in results.items() for t in threads_list
             ],
             "measurements": runner.records,
