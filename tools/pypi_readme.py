@@ -46,7 +46,8 @@ _LINK = re.compile(r"(\]\()" + _NOT_RELATIVE + r"([^)\s]+)\)")
 _REFERENCE = re.compile(r"^( {0,3}\[[^\]]+\]:[ \t]*)" + _NOT_RELATIVE + r"(\S+)", re.MULTILINE)
 # The first code block of README.md and its first clone-only install line.
 _FIRST_BASH_BLOCK = re.compile(r"^```(?:bash|sh|console)\n(.*?)^```", re.MULTILINE | re.DOTALL)
-_CLONE_INSTALL = re.compile(r'^pip install "?\.', re.MULTILINE)
+# a line that installs the clone: `pip install ... .` or `pip install ... ".[extra]"`
+_CLONE_INSTALL = re.compile(r'^pip install\b[^\n]*?\s"?\.(?:[\["\s]|$)', re.MULTILINE)
 
 
 def repository_url(pyproject: Path = ROOT / "pyproject.toml") -> str:
