@@ -409,7 +409,17 @@ void run_grid(const char* kernel_name, const GridShape& shape, void (*body)(void
   c.threads_per_block = shape.block.x * shape.block.y * shape.block.z;
   c.body = body;
   c.arg = arg;
-  const dim3 saved_block = blockDim, saved_grid = gridDim;
+  // whatever happens (a fault, or a stack pool that cannot grow), the thread leaves the launch
+  struct Leave {
+    Cluster& c;
+    dim3 block_dim = blockDim, grid_dim = gridDim;
+    ~Leave() {
+      running = nullptr;
+      blockDim = block_dim;
+      gridDim = grid_dim;
+      for (Block& b : c.blocks) release_shared(b);
+    }
+  } leave{c};
   blockDim = shape.block;
   gridDim = shape.grid;
   const unsigned seed = seed_setting();
@@ -419,10 +429,6 @@ void run_grid(const char* kernel_name, const GridShape& shape, void (*body)(void
     for (unsigned y = 0; y < shape.grid.y && !c.failed; y += shape.cluster.y)
       for (unsigned x = 0; x < shape.grid.x && !c.failed; x += shape.cluster.x)
         run_cluster(c, uint3{x, y, z}, rng, seed != 0);
-  running = nullptr;
-  blockDim = saved_block;
-  gridDim = saved_grid;
-  for (Block& b : c.blocks) release_shared(b);
   if (c.failed) throw KernelFault("fusedce emulated GPU: " + c.failure);
 }
 
