@@ -147,69 +147,32 @@ inline int __all_sync(unsigned mask, int predicate, ::simt::Site site = SIMT_CAL
 inline unsigned __activemask() { return ::simt::active_lanes(); }
 
 // ---- atomics: a fiber is never preempted, so a plain read-modify-write is atomic -----------------
-template <typename T>
-T atomicAdd(T* p, T v) {
-  T old = *p;
-  *p = old + v;
+namespace simt {
+template <typename T, typename F>
+T read_modify_write(T* p, F new_value) {
+  const T old = *p;
+  *p = new_value(old);
   return old;
 }
-template <typename T>
-T atomicSub(T* p, T v) {
-  T old = *p;
-  *p = old - v;
-  return old;
-}
-template <typename T>
-T atomicMax(T* p, T v) {
-  T old = *p;
-  *p = old < v ? v : old;
-  return old;
-}
-template <typename T>
-T atomicMin(T* p, T v) {
-  T old = *p;
-  *p = v < old ? v : old;
-  return old;
-}
-template <typename T>
-T atomicExch(T* p, T v) {
-  T old = *p;
-  *p = v;
-  return old;
-}
+}  // namespace simt
+
+template <typename T> T atomicAdd(T* p, T v) { return ::simt::read_modify_write(p, [v](T o) { return o + v; }); }
+template <typename T> T atomicSub(T* p, T v) { return ::simt::read_modify_write(p, [v](T o) { return o - v; }); }
+template <typename T> T atomicMax(T* p, T v) { return ::simt::read_modify_write(p, [v](T o) { return o < v ? v : o; }); }
+template <typename T> T atomicMin(T* p, T v) { return ::simt::read_modify_write(p, [v](T o) { return v < o ? v : o; }); }
+template <typename T> T atomicExch(T* p, T v) { return ::simt::read_modify_write(p, [v](T) { return v; }); }
+template <typename T> T atomicAnd(T* p, T v) { return ::simt::read_modify_write(p, [v](T o) { return o & v; }); }
+template <typename T> T atomicOr(T* p, T v) { return ::simt::read_modify_write(p, [v](T o) { return o | v; }); }
+template <typename T> T atomicXor(T* p, T v) { return ::simt::read_modify_write(p, [v](T o) { return o ^ v; }); }
 template <typename T>
 T atomicCAS(T* p, T compare, T v) {
-  T old = *p;
-  if (old == compare) *p = v;
-  return old;
-}
-template <typename T>
-T atomicAnd(T* p, T v) {
-  T old = *p;
-  *p = old & v;
-  return old;
-}
-template <typename T>
-T atomicOr(T* p, T v) {
-  T old = *p;
-  *p = old | v;
-  return old;
-}
-template <typename T>
-T atomicXor(T* p, T v) {
-  T old = *p;
-  *p = old ^ v;
-  return old;
+  return ::simt::read_modify_write(p, [=](T o) { return o == compare ? v : o; });
 }
 inline unsigned atomicInc(unsigned* p, unsigned limit) {
-  unsigned old = *p;
-  *p = old >= limit ? 0u : old + 1u;
-  return old;
+  return ::simt::read_modify_write(p, [=](unsigned o) { return o >= limit ? 0u : o + 1u; });
 }
 inline unsigned atomicDec(unsigned* p, unsigned limit) {
-  unsigned old = *p;
-  *p = (old == 0u || old > limit) ? limit : old - 1u;
-  return old;
+  return ::simt::read_modify_write(p, [=](unsigned o) { return (o == 0u || o > limit) ? limit : o - 1u; });
 }
 
 // ---- bit casts, cache-hinted loads and stores (hints mean nothing here), bit intrinsics -----------
