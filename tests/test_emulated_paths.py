@@ -63,7 +63,7 @@ def expected_row_kernel(dtype, C, device):
             # one SM holds 2048 / block blocks; a cluster must fit in it
             fits = device == SM90 or k <= 2048 // block
             if packs <= limit and fits:
-                return f"rows_resident<{T}, ClusterTeam<{block}, {k}>, 8>"
+                return f"rows_resident<{T}, ClusterTeam<{block}>, 8> x{k}"
     if packs <= 4096:
         return f"rows_resident<{T}, BlockTeam<512>, 8>"
     return f"rows_streaming<{T}, 512>"
@@ -120,7 +120,9 @@ REACHED = set()
 
 
 def launched():
-    names = {rec[0] for rec in fe.launch_log()}
+    """The kernels launched since the last call, a cluster kernel with its cluster size
+    ("... x16"): one cluster kernel serves every size, and each size is its own path."""
+    names = {name + (f" x{cluster[0]}" if cluster[0] > 1 else "") for name, _, _, cluster, _ in fe.launch_log()}
     REACHED.update(names)
     fe.clear_launch_log()
     return names
@@ -277,4 +279,4 @@ def test_every_path_is_reached():
     missing = sorted(want - REACHED)
     print("kernel paths reached:\n  " + "\n  ".join(sorted(REACHED & want)))
     assert not missing, f"kernel paths never reached: {missing}"
-    assert len(want) >= 4 * 5 + 3 * 6 + 2 + 4 * 5  # every team of every dtype, at least
+    assert len(want) >= 4 * 5 + 3 * 6 + 2 + 4 * 5  # every team (and cluster size) of every dtype

@@ -255,11 +255,12 @@ struct SubWarpTeam {
   static_assert(G >= 1 && G <= 32 && (32 % G) == 0, "G must divide 32");
   static constexpr int kThreads = G;  // threads per row
   static constexpr int kBlock = BLOCK;
-  static constexpr int kCluster = 1;
+  static constexpr bool kClustered = false;
   struct Storage {
     int unused;
   };
   __device__ explicit SubWarpTeam(Storage&) {}
+  __device__ static constexpr int threads() { return kThreads; }
   __device__ int rank() const { return static_cast<int>(threadIdx.x) & (G - 1); }
   __device__ int64_t begin() const {
     const int64_t warp = (static_cast<int64_t>(blockIdx.x) * BLOCK + threadIdx.x) / 32;
@@ -286,12 +287,13 @@ struct BlockTeam {
   static_assert(BLOCK % 32 == 0 && BLOCK <= 1024, "bad block size");
   static constexpr int kThreads = BLOCK;
   static constexpr int kBlock = BLOCK;
-  static constexpr int kCluster = 1;
+  static constexpr bool kClustered = false;
   static constexpr int kWarps = BLOCK / 32;
   using Storage = BlockStorage;
   Storage& st;
   int ring = 0;
   __device__ explicit BlockTeam(Storage& s) : st(s) {}
+  __device__ static constexpr int threads() { return kThreads; }
   __device__ int rank() const { return static_cast<int>(threadIdx.x); }
   __device__ int64_t begin() const { return blockIdx.x; }
   __device__ int64_t step() const { return gridDim.x; }
@@ -314,25 +316,33 @@ struct BlockTeam {
 };
 
 // sm_90: a cluster of K blocks per row (thread-block cluster, distributed shared memory), so a
-// row of up to K * BLOCK * NV * VEC elements stays in registers. Each reduction: block reduce,
-// thread 0 publishes the block's value in its shared memory, cluster barrier, then every
-// thread combines the K published values in rank order (identical result in every block).
-// Two slots alternate, as for blocks. finish() keeps every block's shared memory alive until
-// the others are done reading it. Compiled for older GPUs too, where it is never launched.
-template <int BLOCK, int K>
+// row of up to K * BLOCK * NV * VEC elements stays in registers. K (2..16) is the launch's
+// cluster size, read at run time: one kernel per block size serves every K (the launcher picks
+// K by row length; compiling one kernel per K would only lengthen the build). Each reduction:
+// block reduce, thread 0 publishes the block's value in its shared memory, cluster barrier,
+// then every thread combines the K published values in rank order (identical result in every
+// block). Two slots alternate, as for blocks. finish() keeps every block's shared memory alive
+// until the others are done reading it. Compiled for older GPUs too, where it is never launched.
+template <int BLOCK>
 struct ClusterTeam {
-  static_assert(K >= 2 && K <= 16, "cluster size 2..16");
-  static constexpr int kThreads = BLOCK * K;
   static constexpr int kBlock = BLOCK;
-  static constexpr int kCluster = K;
+  static constexpr bool kClustered = true;
   struct Storage {
     BlockStorage block;
     alignas(16) unsigned char slot[2][32];
   };
   Storage& st;
   BlockTeam<BLOCK> inner;
+  int k;  // blocks in the cluster
   int ring = 0;
-  __device__ explicit ClusterTeam(Storage& s) : st(s), inner(s.block) {}
+  __device__ explicit ClusterTeam(Storage& s) : st(s), inner(s.block), k(blocks_in_cluster()) {}
+  __device__ static int blocks_in_cluster() {
+#if SIMT_HAS_CLUSTERS
+    return static_cast<int>(cooperative_groups::this_cluster().num_blocks());
+#else
+    return 1;
+#endif
+  }
   __device__ int block_rank() const {
 #if SIMT_HAS_CLUSTERS
     return static_cast<int>(cooperative_groups::this_cluster().block_rank());
@@ -340,9 +350,10 @@ struct ClusterTeam {
     return 0;
 #endif
   }
+  __device__ int threads() const { return BLOCK * k; }
   __device__ int rank() const { return block_rank() * BLOCK + static_cast<int>(threadIdx.x); }
-  __device__ int64_t begin() const { return blockIdx.x / K; }
-  __device__ int64_t step() const { return gridDim.x / K; }
+  __device__ int64_t begin() const { return blockIdx.x / k; }
+  __device__ int64_t step() const { return gridDim.x / k; }
   __device__ int sub_row() const { return 0; }
   template <typename V, typename Op>
   __device__ V reduce(V v, Op op) {
@@ -355,8 +366,7 @@ struct ClusterTeam {
     if (threadIdx.x == 0) *mine = r;
     cluster.sync();
     r = *cluster.map_shared_rank(mine, 0);
-#pragma unroll
-    for (int q = 1; q < K; ++q) r = op(r, *cluster.map_shared_rank(mine, q));
+    for (int q = 1; q < k; ++q) r = op(r, *cluster.map_shared_rank(mine, q));
 #else
     __trap();
 #endif

@@ -208,7 +208,7 @@ template <typename T, typename Team, int NV>
 __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a) {
   using S = compute_t<T>;
   constexpr int VEC = Pack<T>::N;
-  if constexpr (Team::kCluster > 1) {
+  if constexpr (Team::kClustered) {
     if (!SIMT_HAS_CLUSTERS) {  // compiled for pre-Hopper GPUs too, where it is never launched:
       __trap();                // this keeps its code out of their binary
       return;
@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
     Pack<T> x[NV];
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      const int c0 = (j * Team::kThreads + rank) * VEC;
+      const int c0 = (j * team.threads() + rank) * VEC;
       load_pack(x[j], xr + c0, active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0, a.vec, pad, true);
     }
     int64_t t;
@@ -245,7 +245,7 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
         ArgMax<S> best{neg_inf<S>(), INT_MAX};
 #pragma unroll
         for (int j = 0; j < NV; ++j) {
-          const int c0 = (j * Team::kThreads + rank) * VEC;
+          const int c0 = (j * team.threads() + rank) * VEC;
 #pragma unroll
           for (int k = 0; k < VEC; ++k) argmax_update(best, to_compute(x[j].v[k]), c0 + k);
         }
@@ -273,7 +273,7 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
       const T* qr = f.prob ? a.q + r * a.q_stride : nullptr;
 #pragma unroll
       for (int j = 0; j < NV; ++j) {
-        const int c0 = (j * Team::kThreads + rank) * VEC;
+        const int c0 = (j * team.threads() + rank) * VEC;
         Pack<T> qp;
         if (f.prob) load_pack(qp, qr + c0, active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0, a.vec, zero, false);
 #pragma unroll
@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
       const T* qr = f.prob ? a.q + r * a.q_stride : nullptr;
 #pragma unroll
       for (int j = 0; j < NV; ++j) {
-        const int c0 = (j * Team::kThreads + rank) * VEC;
+        const int c0 = (j * team.threads() + rank) * VEC;
         const int valid = active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0;
         Pack<T> qp;
         if (f.prob) load_pack(qp, qr + c0, valid, a.vec, zero, false);
@@ -439,12 +439,15 @@ struct DeviceIntCache {
   }
 };
 
+// Launches the resident kernel of Team; a cluster team runs in clusters of k blocks (2..16).
+// Returns false where the GPU cannot run that cluster shape.
 template <typename T, typename Team, int NV>
-bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, cudaStream_t stream) {
+bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, cudaStream_t stream, int k = 1) {
   constexpr auto kernel = rows_resident<T, Team, NV>;
-  static DeviceIntCache cache;
+  static DeviceIntCache caches[5];  // by cluster size: 1, 2, 4, 8, 16
+  DeviceIntCache& cache = caches[k >= 16 ? 4 : k >= 8 ? 3 : k >= 4 ? 2 : k >= 2 ? 1 : 0];
   const int slot = device >= 0 && device < 64 ? device : 0;
-  if constexpr (Team::kCluster == 1) {
+  if constexpr (!Team::kClustered) {
     if (cache.v[slot] < 0) cache.v[slot] = blocks_per_sm(kernel, Team::kBlock);
     constexpr int rows_per_block = Team::kBlock / Team::kThreads;
     const int64_t blocks_needed = (a.n + rows_per_block - 1) / rows_per_block;
@@ -454,7 +457,7 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
     return true;
   } else {
     if (props.major < 9) return false;
-    constexpr int K = Team::kCluster;
+    const int K = k;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -512,11 +515,11 @@ void launch_rows(const RowArgs<T>& a, int device, cudaStream_t stream) {
     // the other's loads); up to 32768 packs, then 512-thread blocks. Older GPUs (or a cluster
     // shape the GPU cannot place): one 512-thread block up to 4096 packs, then streaming.
     if constexpr (sizeof(T) < 8) {  // float64 is not a speed target: no cluster kernels for it
-      if (packs <= 4096 && launch_resident<T, ClusterTeam<256, 2>, 8>(a, device, props, stream)) return;
-      if (packs <= 8192 && launch_resident<T, ClusterTeam<256, 4>, 8>(a, device, props, stream)) return;
-      if (packs <= 16384 && launch_resident<T, ClusterTeam<256, 8>, 8>(a, device, props, stream)) return;
-      if (packs <= 32768 && launch_resident<T, ClusterTeam<256, 16>, 8>(a, device, props, stream)) return;
-      if (packs <= 65536 && launch_resident<T, ClusterTeam<512, 16>, 8>(a, device, props, stream)) return;
+      if (packs <= 4096 && launch_resident<T, ClusterTeam<256>, 8>(a, device, props, stream, 2)) return;
+      if (packs <= 8192 && launch_resident<T, ClusterTeam<256>, 8>(a, device, props, stream, 4)) return;
+      if (packs <= 16384 && launch_resident<T, ClusterTeam<256>, 8>(a, device, props, stream, 8)) return;
+      if (packs <= 32768 && launch_resident<T, ClusterTeam<256>, 8>(a, device, props, stream, 16)) return;
+      if (packs <= 65536 && launch_resident<T, ClusterTeam<512>, 8>(a, device, props, stream, 16)) return;
     }
     if (packs <= 4096) return (void)launch_resident<T, BlockTeam<512>, 8>(a, device, props, stream);
   }
