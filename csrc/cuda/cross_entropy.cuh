@@ -457,11 +457,10 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
     return true;
   } else {
     if (props.major < 9) return false;
-    const int K = k;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = K;
+    attr[0].val.clusterDim.x = k;
     attr[0].val.clusterDim.y = 1;
     attr[0].val.clusterDim.z = 1;
     cfg.blockDim = dim3(Team::kBlock, 1, 1);
@@ -470,9 +469,9 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     if (cache.v[slot] < 0) {
-      if (K > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+      if (k > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
         (void)cudaGetLastError();
-      cfg.gridDim = dim3(K, 1, 1);
+      cfg.gridDim = dim3(k, 1, 1);
       int clusters = 0;
       if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
         (void)cudaGetLastError();
@@ -482,7 +481,7 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
     }
     if (cache.v[slot] <= 0) return false;
     const int64_t clusters = a.n < cache.v[slot] ? a.n : cache.v[slot];
-    cfg.gridDim = dim3(static_cast<unsigned>(clusters * K), 1, 1);
+    cfg.gridDim = dim3(static_cast<unsigned>(clusters * k), 1, 1);
     check(simt::launch_ex<kernel>(cfg, a), "rows_resident (cluster)");
     return true;
   }
