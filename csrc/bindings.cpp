@@ -72,13 +72,17 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("dtype", &Target::dtype)
       .def_readwrite("stride", &Target::stride);
   py::class_<LossOptions>(m, "LossOptions")
-      .def(py::init([](std::uintptr_t weight, int64_t ignore_index, double label_smoothing) {
-             return LossOptions{weight, ignore_index, label_smoothing};
+      .def(py::init([](std::uintptr_t weight, int64_t ignore_index, double label_smoothing, double z_loss,
+                       double softcap) {
+             return LossOptions{weight, ignore_index, label_smoothing, z_loss, softcap};
            }),
-           py::arg("weight") = 0, py::arg("ignore_index") = -100, py::arg("label_smoothing") = 0.0)
+           py::arg("weight") = 0, py::arg("ignore_index") = -100, py::arg("label_smoothing") = 0.0,
+           py::arg("z_loss") = 0.0, py::arg("softcap") = 0.0)
       .def_readwrite("weight", &LossOptions::weight)
       .def_readwrite("ignore_index", &LossOptions::ignore_index)
-      .def_readwrite("label_smoothing", &LossOptions::label_smoothing);
+      .def_readwrite("label_smoothing", &LossOptions::label_smoothing)
+      .def_readwrite("z_loss", &LossOptions::z_loss)
+      .def_readwrite("softcap", &LossOptions::softcap);
   py::class_<RowStats>(m, "RowStats")
       .def(py::init([](std::uintptr_t loss, std::uintptr_t lse, bool lse_is_input, std::uintptr_t argmax,
                        std::uintptr_t grad, int64_t grad_stride) {

@@ -39,6 +39,12 @@ struct LossOptions {
   std::uintptr_t weight = 0;     // `cols` class weights in the compute dtype, or 0 for none
   int64_t ignore_index = -100;   // rows whose class index equals this contribute nothing
   double label_smoothing = 0.0;  // epsilon in [0, 1]
+  // z-loss: each counted row's loss gains z_loss * lse^2 (gradient 2 z_loss lse p_c). The
+  // coefficient is the one each row carries: Python scales it for "mean" with class weights.
+  double z_loss = 0.0;
+  // Logit soft-capping: every logit x is replaced by softcap * tanh(x / softcap) before the
+  // softmax, inside the kernel (the gradient gains the factor 1 - tanh^2). 0 means off.
+  double softcap = 0.0;
 };
 
 // Per-row quantities, all in the compute dtype (float32 for float16/bfloat16/float32 input,

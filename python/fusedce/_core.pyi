@@ -67,8 +67,11 @@ class LossOptions:
     weight: int
     ignore_index: int
     label_smoothing: float
+    z_loss: float
+    softcap: float
     def __init__(self, weight: int = 0, ignore_index: int = -100,
-                 label_smoothing: float = 0.0) -> None: ...
+                 label_smoothing: float = 0.0, z_loss: float = 0.0,
+                 softcap: float = 0.0) -> None: ...
 
 class RowStats:
     """Per-row outputs (loss, lse, argmax) and the upstream factor of a backward."""
