@@ -68,8 +68,9 @@ def ce_scales(x, target, opts, g=1.0):
     """Absolute scales (loss, gradient, lse) for a cross-entropy or nll result."""
     axis = opts.get("axis", -1)
     eps = opts.get("label_smoothing", 0.0)
-    _, _, _, coeffsum, denom = ref._ce_parts(x, target, opts.get("weight"),
-                                             opts.get("ignore_index", -100), eps, axis)
+    parts = ref._CeParts(x, target, opts.get("weight"), opts.get("ignore_index", -100), eps,
+                         axis, None)
+    coeffsum, denom = parts.scale, parts.denom
     red = opts.get("reduction", "mean")
     factor = np.abs(ref._row_factor(g, red, denom, coeffsum.shape))
     m = magnitude(x, axis)

@@ -14,6 +14,13 @@
 // is  g * (p_c A - u'_c) - [c == t] g (1-eps) w_t,  g the row's upstream factor.
 // Ignored rows get loss 0 and gradient 0; an out-of-range index (only possible when the
 // caller skipped validation) gets NaN for both, never a read outside the row.
+//
+// Language-model options (LossOptions::z_loss, ::softcap), on every path below:
+//   z-loss z:   every counted row (an index target not ignored; any probability row) adds
+//               z lse^2 to its loss and g 2 z lse p_c to its gradient, i.e. A grows by 2 z lse.
+//   softcap c:  x is replaced by x' = c tanh(x / c) before anything else (lse, x_t and the
+//               weighted sums are the capped ones), and the whole gradient row, target term
+//               included, is multiplied by dx'/dx = 1 - (x'/c)^2. argmax stays that of x.
 #pragma once
 #include "cpu/rowwise.h"
 
@@ -27,7 +34,7 @@ struct CeRow {
   T* d;                     // gradient row or nullptr
   int64_t t = -1;           // class index, -1 for an ignored row or a probability target
   bool bad = false;         // out-of-range index
-  T x_t = 0, w_t = 0;       // logit and weight of the target class
+  T x_t = 0, w_t = 0;       // logit (capped, with a softcap) and weight of the target class
   T g = 1;                  // upstream factor, 0 for ignored rows
   ClassCoefficients<T> k;   // the u_c of the smoothing / probability term
   bool dot = false;         // whether the sweep must gather sum u_c x_c
@@ -46,11 +53,14 @@ struct CeContext {
   T w_sum;       // sum of the class weights (C without weights)
   T eps;
   bool probs;
+  T z;           // z-loss coefficient, 0 when off
+  T cap;         // softcap, 0 when off
 
   CeContext(const Rows& l, const Target& t, const LossOptions& o, const RowStats& s)
       : logits(l), target(t), opt(o), stats(s),
         w(reinterpret_cast<const T*>(o.weight)), eps(static_cast<T>(o.label_smoothing)),
-        probs(t.kind == TargetKind::Probabilities) {
+        probs(t.kind == TargetKind::Probabilities), z(static_cast<T>(o.z_loss)),
+        cap(static_cast<T>(o.softcap)) {
     w_sum = static_cast<T>(l.cols);
     if (w) {
       w_sum = 0;
@@ -58,6 +68,7 @@ struct CeContext {
     }
   }
 
+  template <class S>
   CeRow<T> row(int64_t r, const Rows* dx) const {
     CeRow<T> row;
     const int64_t C = logits.cols;
@@ -78,7 +89,7 @@ struct CeContext {
     if (row.t < 0) {
       row.g = 0;
     } else {
-      row.x_t = row.x[row.t];  // read now: an in-place sweep overwrites it
+      row.x_t = capped<S>(row.x[row.t]);  // read now: an in-place sweep overwrites it
       row.w_t = w ? w[row.t] : T(1);
     }
     row.k.a = 0;
@@ -87,13 +98,27 @@ struct CeContext {
     return row;
   }
 
+  // softcap * tanh(v / softcap), the vector sweeps' arithmetic on S, the instruction set's
+  // one-lane vector; v itself without a cap.
+  template <class S>
+  T capped(T v) const {
+    return cap != 0 ? cap * vtanh(S{v * (T(1) / cap)}).v : v;
+  }
+  // The cap's slope at a capped logit, 1 - (v / softcap)^2 (1 without a cap).
+  T cap_slope(T v) const {
+    const T t = cap != 0 ? v / cap : T(0);
+    return 1 - t * t;
+  }
+
+  T z_term(const RowSummary<T>& s) const { return z != 0 ? z * s.lse * s.lse : T(0); }
+
   T loss(const CeRow<T>& row, const RowSummary<T>& s) const {
     if (row.bad) return quiet_nan<T>();
-    if (probs) return s.usum * s.lse - s.dot;
+    if (probs) return s.usum * s.lse - s.dot + z_term(s);
     if (row.t < 0) return 0;
     T loss = (1 - eps) * row.w_t * (s.lse - row.x_t);
     if (eps > 0) loss += eps / static_cast<T>(logits.cols) * (w_sum * s.lse - s.dot);
-    return loss;
+    return loss + z_term(s);
   }
 
   // The factor A of p_c, and k turned into the subtracted term g u'_c, for the gradient.
@@ -104,14 +129,15 @@ struct CeContext {
       return quiet_nan<T>();
     }
     const T C = static_cast<T>(logits.cols);
+    const T z_slope = z != 0 && !row.ignored() ? 2 * z * s.lse : T(0);  // d(z lse^2)/d lse
     if (probs) {
       k.a = row.g * (1 - eps);
       k.b = row.g * eps / C;
-      return row.g * s.usum;
+      return row.g * (s.usum + z_slope);
     }
     k.a = 0;
     k.b = row.g * eps / C;
-    return row.g * ((1 - eps) * row.w_t + eps / C * w_sum);
+    return row.g * ((1 - eps) * row.w_t + eps / C * w_sum + z_slope);
   }
 
   void write_stats(int64_t r, const CeRow<T>& row, const RowSummary<T>& s) const {
@@ -122,8 +148,9 @@ struct CeContext {
 
   // The one-hot term of the gradient, -g (1-eps) w_t at class t (none for other rows).
   T one_hot(const CeRow<T>& row) const { return row.t >= 0 ? row.g * (1 - eps) * row.w_t : T(0); }
+  // (after a sweep that did not subtract it; the cap's slope at t applies to it too)
   void subtract_one_hot(const CeRow<T>& row) const {
-    if (row.t >= 0) row.d[row.t] -= one_hot(row);
+    if (row.t >= 0) row.d[row.t] -= one_hot(row) * cap_slope(row.x_t);
   }
 };
 
@@ -141,11 +168,14 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
   const T eps = ce.eps, inv_c = T(1) / static_cast<T>(C);
   const bool has_w = ce.w != nullptr;
 
-  // The block's logits, class by class (lane i = row r + i), and their row max.
+  // The block's logits, class by class (lane i = row r + i), capped with a softcap, and
+  // their row max.
   V xc[kSmallClasses], e[kSmallClasses];
   V m = V::set1(neg_inf<T>());
+  const T cap = ce.cap;
   for (int64_t c = 0; c < C; ++c) {
     xc[c] = V::gather(x + c, xs);
+    if (cap != 0) xc[c] = V::set1(cap) * vtanh(xc[c] * V::set1(T(1) / cap));
     m = V::max(m, xc[c]);
   }
   // With a given lse (a backward from the forward's), p_c = exp(x_c - lse) directly.
@@ -188,6 +218,7 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
   if (ce.stats.loss) {
     V loss = V::set1(1 - eps) * wt * (lse - x_t);
     if (eps > 0) loss = V::fma(V::set1(eps * inv_c), V::fma(V::set1(ce.w_sum), lse, zero - wx), loss);
+    if (ce.z != 0) loss = V::fma(V::set1(ce.z) * lse, lse, loss);
     loss = V::select_eq(ignored, one, zero, V::select_eq(bad, one, nan, loss));
     loss.store(reinterpret_cast<T*>(ce.stats.loss) + r);
   }
@@ -196,8 +227,11 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
     for (int i = 0; i < W; ++i) reinterpret_cast<int64_t*>(ce.stats.argmax)[r + i] = argmax_of(x + i * xs, C);
   if (!dx) return;
 
-  // d_c = g (p_c A - eps/C w_c) - g (1-eps) w_t [c == t], with p_c = e_c / sum.
-  const V a = g * V::fma(V::set1(1 - eps), wt, V::set1(eps * inv_c * ce.w_sum)) / sum;
+  // d_c = g (p_c A - eps/C w_c) - g (1-eps) w_t [c == t], with p_c = e_c / sum and
+  // A = (1-eps) w_t + eps/C sum_c w_c + 2 z lse; times the cap's slope with a softcap.
+  V A = V::fma(V::set1(1 - eps), wt, V::set1(eps * inv_c * ce.w_sum));
+  if (ce.z != 0) A = V::fma(V::set1(2 * ce.z), lse, A);
+  const V a = g * A / sum;
   const V b = g * V::set1(eps * inv_c);
   const V one_hot = g * V::set1(1 - eps) * wt;
   T* d = row_ptr<T>(*dx, r);
@@ -205,8 +239,10 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
   for (int64_t c = 0; c < C; ++c) {
     const V sub = has_w ? b * V::set1(ce.w[c]) : b;
     const V hot = V::select_eq(t, V::set1(static_cast<T>(c)), one_hot, zero);
+    V dc = e[c] * a - sub - hot;
+    if (cap != 0) dc = through_cap(dc, xc[c], T(1) / cap);
     // Ignored rows get exactly 0, even where their logits are NaN.
-    V::select_eq(ignored, one, zero, e[c] * a - sub - hot).scatter(d + c, ds);
+    V::select_eq(ignored, one, zero, dc).scatter(d + c, ds);
   }
 }
 
@@ -238,14 +274,20 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
   if (use_small_classes(logits, target, opt, nullptr, V::width))
     return cross_entropy_small_rows<V>(logits, target, opt, stats, nullptr, r0, r1);
   const CeContext<T> ce(logits, target, opt, stats);
+  alignas(64) T capped[kChunk];  // a softcap's buffer for one chunk (summarise_row)
   for (int64_t r = r0; r < r1; ++r) {
-    const CeRow<T> row = ce.row(r, nullptr);
+    const CeRow<T> row = ce.template row<typename V::Scalar>(r, nullptr);
     RowSummary<T> s;
     with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
       constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
       const bool argmax = stats.argmax != 0;
-      if (row.dot) s = summarise_row<V, false, true, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr, argmax);
-      else s = summarise_row<V, false, false, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr, argmax);
+      if (ce.cap != 0) {
+        if (row.dot) s = summarise_row<V, false, true, HasQ, HasW, false, true>(row.x, logits.cols, row.k, capped, nullptr, argmax, nullptr, ce.cap);
+        else s = summarise_row<V, false, false, HasQ, HasW, false, true>(row.x, logits.cols, row.k, capped, nullptr, argmax, nullptr, ce.cap);
+      } else {
+        if (row.dot) s = summarise_row<V, false, true, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr, argmax);
+        else s = summarise_row<V, false, false, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr, argmax);
+      }
     });
     ce.write_stats(r, row, s);
   }
@@ -272,13 +314,15 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
   const bool stream = scratch && stream_output<T>(dx) && dx.data != logits.data;
   const bool argmax = stats.argmax != 0;
   with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
+   with_flag(ce.cap != 0, [&](auto has_cap) {
     constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
+    constexpr bool Cap = decltype(has_cap)::value;
     T chunk_max[2][kMaxChunks];
     int cur = 0;  // which scratch row and chunk_max the current row uses
     PendingGradient<T> pending;
     bool have_pending = false;
     for (int64_t r = r0; r < r1; ++r) {
-      const CeRow<T> row = ce.row(r, &dx);
+      const CeRow<T> row = ce.template row<typename V::Scalar>(r, &dx);
       if (row.ignored() && (!stats.lse || stats.lse_is_input) && !argmax) {  // loss 0, grad 0
         fill(row.d, C, T(0));
         ce.write_stats(r, row, RowSummary<T>{});
@@ -292,34 +336,37 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         if (row.dot && (stats.loss || ce.probs))
           weighted_sums<V, HasQ, HasW>(row.x, C, row.k, s.dot, s.usum);
         const T A = ce.gradient_terms(row, s, k);
-        gradient_from_lse<V, HasQ, HasW>(row.x, row.d, C, s.lse, A, k);
+        gradient_from_lse<V, HasQ, HasW, Cap>(row.x, row.d, C, s.lse, A, k, ce.cap);
       } else {
+        // With a softcap the scratch row receives the capped logits; without scratch, the
+        // gradient row does (over the logits when in place: the gradient needs only them).
         T* e = scratch ? scratch + cur * C : row.d;
-        if (have_pending) {  // this row's sweep 1 carries the pending row's sweep 2
-          if (row.dot) s = summarise_row<V, true, true, HasQ, HasW, true>(row.x, C, row.k, e, chunk_max[cur], argmax, &pending);
-          else s = summarise_row<V, true, false, HasQ, HasW, true>(row.x, C, row.k, e, chunk_max[cur], argmax, &pending);
-          have_pending = false;
-        } else {
-          if (row.dot) s = summarise_row<V, true, true, HasQ, HasW>(row.x, C, row.k, e, chunk_max[cur], argmax);
-          else s = summarise_row<V, true, false, HasQ, HasW>(row.x, C, row.k, e, chunk_max[cur], argmax);
-        }
+        // this row's sweep 1 carries the pending row's sweep 2 when there is one
+        with_flags(have_pending, row.dot, [&](auto carry, auto dot) {
+          constexpr bool Carry = decltype(carry)::value, Dot = decltype(dot)::value;
+          s = summarise_row<V, true, Dot, HasQ, HasW, Carry, Cap>(
+              row.x, C, row.k, e, chunk_max[cur], argmax, Carry ? &pending : nullptr, ce.cap);
+        });
+        have_pending = false;
         const T A = ce.gradient_terms(row, s, k);
-        const PendingGradient<T> grad{row.d, e, chunk_max[cur], s.lse, A, k, row.t, ce.one_hot(row)};
+        const PendingGradient<T> grad{row.d, e,   chunk_max[cur], s.lse,  A,
+                                      k,     row.t, ce.one_hot(row), Cap ? T(1) / ce.cap : T(0)};
         if (stream && !row.ignored()) {
           pending = grad;
           have_pending = true;
           cur ^= 1;
         } else if (stream) {
-          finish_from_exps<V, HasQ, HasW, true>(grad, C, r + 1 < r1 ? row.x + logits.row_stride : nullptr);
+          finish_from_exps<V, HasQ, HasW, true, Cap>(grad, C, r + 1 < r1 ? row.x + logits.row_stride : nullptr);
         } else {
-          finish_from_exps<V, HasQ, HasW, false>(grad, C);
+          finish_from_exps<V, HasQ, HasW, false, Cap>(grad, C);
         }
       }
       if (row.ignored()) fill(row.d, C, T(0));  // exactly 0, even where the logits are NaN
       ce.write_stats(r, row, s);
       if (stats.lse_is_input) ce.subtract_one_hot(row);  // the other paths wrote it with the row
     }
-    if (have_pending) finish_from_exps<V, HasQ, HasW, true>(pending, C);
+    if (have_pending) finish_from_exps<V, HasQ, HasW, true, Cap>(pending, C);
+   });
   });
   V::fence();  // order the streaming stores before the caller sees the result
 }

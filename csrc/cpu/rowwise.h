@@ -10,6 +10,12 @@
 // With `Store`, exp(x - M) is also written out and M is remembered per chunk, so a later
 // sweep can turn it into exp(x - lse) = stored * exp(M_chunk - lse) with one multiply: one
 // exp per element for the whole forward+backward.
+//
+// Soft-capping (Cap): each chunk is first turned into softcap * tanh(x / softcap) in the
+// scratch row (the chunk is in L1), and every sweep reads the capped chunk from there. The
+// scratch then holds the capped logits rather than exps, and the gradient sweep computes
+// exp(x' - lse) again plus the cap's slope 1 - (x'/softcap)^2: one tanh and two exps per
+// element, still one read of the row from memory.
 #pragma once
 #include <math.h>
 #include <cstdint>
@@ -185,6 +191,7 @@ struct PendingGradient {
   int64_t hot = -1;              // the target class, where hot_value is subtracted too
   T hot_value = 0;               // (applied as the row is written: reading back a streamed
                                  // line afterwards would wait for memory)
+  T inv_cap = 0;                 // 1 / softcap, when e holds capped logits (Cap)
 
   T chunk_scale(int64_t chunk) const { return scale * scalar_exp(chunk_max[chunk] - lse); }
 };
@@ -196,23 +203,40 @@ inline int64_t misalignment_shift(const T* d) {
   return off ? static_cast<int64_t>((sizeof(V) - off) / sizeof(T)) : 0;
 }
 
-template <class V, bool HasQ, bool HasW, bool Stream, class T = typename V::T>
+// d (1 - (x' / softcap)^2): a gradient with respect to capped logits x', taken back through
+// the cap (tanh' = 1 - tanh^2).
+template <class V, class T = typename V::T>
+inline V through_cap(V d, V capped, T inv_cap) {
+  const V t = capped * V::set1(inv_cap);
+  return d * V::fma(t, V::set1(T(0)) - t, V::set1(T(1)));
+}
+
+// One vector of the gradient: p_c = e_c s (or exp(x'_c - lse) when Cap, where e holds the
+// capped logits x'), times the row's factor, less the subtracted terms.
+template <class V, bool HasQ, bool HasW, bool Stream, bool Cap = false, class T = typename V::T>
 inline void finish_vector(const PendingGradient<T>& p, int64_t c, V s) {
-  V v = V::load(p.e + c) * s - coefficient<V, HasQ, HasW>(p.k, c);
+  const V e = V::load(p.e + c);
+  V v;
+  if constexpr (Cap) v = vexp(e - V::set1(p.lse)) * V::set1(p.scale) - coefficient<V, HasQ, HasW>(p.k, c);
+  else v = e * s - coefficient<V, HasQ, HasW>(p.k, c);
   if (p.hot >= c && p.hot < c + V::width) {  // once per row: patch the target's lane
     alignas(64) T lanes[V::width];
     v.store(lanes);
     lanes[p.hot - c] -= p.hot_value;
     v = V::load(lanes);
   }
+  if constexpr (Cap) v = through_cap(v, e, p.inv_cap);
   if constexpr (Stream) v.stream(p.d + c);
   else v.store(p.d + c);
 }
 
-template <class V, bool HasQ, bool HasW, class T = typename V::T>
+template <class V, bool HasQ, bool HasW, bool Cap = false, class T = typename V::T>
 inline void finish_scalar(const PendingGradient<T>& p, int64_t c, T s) {
-  T v = p.e[c] * s - coefficient<typename V::Scalar, HasQ, HasW>(p.k, c).v;
+  using S = typename V::Scalar;
+  T v = Cap ? vexp(S{p.e[c] - p.lse}).v * p.scale : p.e[c] * s;
+  v -= coefficient<S, HasQ, HasW>(p.k, c).v;
   if (c == p.hot) v -= p.hot_value;
+  if constexpr (Cap) v = through_cap(S{v}, S{p.e[c]}, p.inv_cap).v;
   p.d[c] = v;
 }
 
@@ -222,7 +246,7 @@ inline void finish_scalar(const PendingGradient<T>& p, int64_t c, T s) {
 // values). Otherwise which classes took the scalar path, and so the last bit of their
 // rounding, would depend on the output's address or on the path. The overlap needs the
 // exps apart from the output (e != d: always, except without scratch memory).
-template <class V, bool HasQ, bool HasW, bool Stream, class T = typename V::T>
+template <class V, bool HasQ, bool HasW, bool Stream, bool Cap = false, class T = typename V::T>
 void finish_range(const PendingGradient<T>& p, int64_t begin, int64_t end, T s) {
   constexpr int W = V::width;
   const V vs = V::set1(s);
@@ -230,15 +254,15 @@ void finish_range(const PendingGradient<T>& p, int64_t begin, int64_t end, T s) 
   if (end - begin >= W && p.e != p.d) {
     const std::uintptr_t misaligned = Stream ? reinterpret_cast<std::uintptr_t>(p.d + c) % sizeof(V) : 0;
     if (misaligned) {
-      finish_vector<V, HasQ, HasW, false>(p, c, vs);
+      finish_vector<V, HasQ, HasW, false, Cap>(p, c, vs);
       c += static_cast<int64_t>((sizeof(V) - misaligned) / sizeof(T));
     }
-    for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, Stream>(p, c, vs);
-    if (c < end) finish_vector<V, HasQ, HasW, false>(p, end - W, vs);
+    for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, Stream, Cap>(p, c, vs);
+    if (c < end) finish_vector<V, HasQ, HasW, false, Cap>(p, end - W, vs);
     return;
   }
-  for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, false>(p, c, vs);
-  for (; c < end; ++c) finish_scalar<V, HasQ, HasW>(p, c, s);
+  for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, false, Cap>(p, c, vs);
+  for (; c < end; ++c) finish_scalar<V, HasQ, HasW, Cap>(p, c, s);
 }
 
 // sum_i exp(x_i - m) over a chunk, also writing each exp to e[i] when Store (e may alias x).
@@ -251,7 +275,7 @@ void finish_range(const PendingGradient<T>& p, int64_t begin, int64_t end, T s) 
 // the pending row's aligned addresses; its head and tail are finished after the loop the
 // way finish_range does them, so every element is computed the same way on either path.
 template <class V, bool Store, bool Carry = false, bool HasQ = false, bool HasW = false,
-          class T = typename V::T>
+          bool Cap = false, class T = typename V::T>
 T sum_exp(const T* x, int64_t n, T m, NoDeduce<T>* e, const T* ahead = nullptr,
           const PendingGradient<T>* p = nullptr, int64_t c0 = 0, T ps = 0) {
   using S = typename V::Scalar;
@@ -275,8 +299,8 @@ T sum_exp(const T* x, int64_t n, T m, NoDeduce<T>* e, const T* ahead = nullptr,
     }
     if constexpr (Carry) {
       if (carried + 2 * W <= c0 + n) {
-        finish_vector<V, HasQ, HasW, true>(*p, carried, vps);
-        finish_vector<V, HasQ, HasW, true>(*p, carried + W, vps);
+        finish_vector<V, HasQ, HasW, true, Cap>(*p, carried, vps);
+        finish_vector<V, HasQ, HasW, true, Cap>(*p, carried + W, vps);
         carried += 2 * W;
       }
     }
@@ -296,11 +320,11 @@ T sum_exp(const T* x, int64_t n, T m, NoDeduce<T>* e, const T* ahead = nullptr,
   }
   if constexpr (Carry) {  // what the loop left of the pending chunk, as finish_range does it
     if (n >= W) {
-      if (shift) finish_vector<V, HasQ, HasW, false>(*p, c0, vps);
-      for (; carried + W <= c0 + n; carried += W) finish_vector<V, HasQ, HasW, true>(*p, carried, vps);
-      if (carried < c0 + n) finish_vector<V, HasQ, HasW, false>(*p, c0 + n - W, vps);
+      if (shift) finish_vector<V, HasQ, HasW, false, Cap>(*p, c0, vps);
+      for (; carried + W <= c0 + n; carried += W) finish_vector<V, HasQ, HasW, true, Cap>(*p, carried, vps);
+      if (carried < c0 + n) finish_vector<V, HasQ, HasW, false, Cap>(*p, c0 + n - W, vps);
     } else {
-      for (int64_t j = c0; j < c0 + n; ++j) finish_scalar<V, HasQ, HasW>(*p, j, ps);
+      for (int64_t j = c0; j < c0 + n; ++j) finish_scalar<V, HasQ, HasW, Cap>(*p, j, ps);
     }
   }
   return s;
@@ -316,47 +340,74 @@ struct RowSummary {
   T lse = 0;
 };
 
+// softcap * tanh(x / softcap) for the n values of x, into out (which may be x).
+template <class V, class T = typename V::T>
+void cap_logits(const T* x, int64_t n, T softcap, T* out) {
+  using S = typename V::Scalar;
+  constexpr int W = V::width;
+  const V c = V::set1(softcap), inv = V::set1(T(1) / softcap);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) (c * vtanh(V::load(x + i) * inv)).store(out + i);
+  for (; i < n; ++i) out[i] = softcap * vtanh(S{x[i] * (T(1) / softcap)}).v;
+}
+
 // The online sweep described at the top of this file. With Dot it also accumulates
 // sum u_c x_c and sum u_c (label smoothing, probability targets). With Store it writes
 // exp(x - running max) to e (which may alias x) and each chunk's running max to chunk_max.
 // With Carry it also writes the gradient of the previous row, `pending` (see sum_exp).
-template <class V, bool Store, bool Dot, bool HasQ, bool HasW, bool Carry = false,
+// With Cap every sweep sees softcap * tanh(x / softcap) instead of x: each chunk is capped
+// into e first (with Store, e is a row and keeps the capped row; without, e is a buffer of
+// kChunk values reused by every chunk), and argmax is that of x as given.
+template <class V, bool Store, bool Dot, bool HasQ, bool HasW, bool Carry = false, bool Cap = false,
           class T = typename V::T>
 RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>& k,
                             NoDeduce<T>* e, NoDeduce<T>* chunk_max, bool want_argmax = false,
-                            const PendingGradient<T>* pending = nullptr) {
+                            const PendingGradient<NoDeduce<T>>* pending = nullptr,
+                            NoDeduce<T> softcap = 0) {
   RowSummary<T> s;
-  const int64_t len = chunk_length(cols);
+  // without Store no chunk maxima are kept, so Cap's buffer can fix the chunk length
+  const int64_t len = Cap && !Store ? kChunk : chunk_length(cols);
+  // Cap may overwrite x (e == x, in place without scratch memory): find argmax first.
+  if (Cap && want_argmax) s.argmax = argmax_of(x, cols);
   // argmax: remember the chunk where the max last grew and search it once at the end, unless
   // this sweep overwrites x (e == x), in which case search each such chunk right away.
-  const bool search_now = want_argmax && Store && e == x;
+  const bool search_now = want_argmax && Store && e == x && !Cap;
   int64_t max_chunk_start = 0;
   for (int64_t c0 = 0, chunk = 0; c0 < cols; c0 += len, ++chunk) {
     const int64_t n = min_i64(len, cols - c0);
+    const T* src = x + c0;
+    if constexpr (Cap) {
+      T* capped = Store ? e + c0 : e;
+      cap_logits<V>(src, n, softcap, capped);
+      src = capped;
+    }
     if constexpr (Dot) {
       ClassCoefficients<T> kc = k;
       if constexpr (HasQ) kc.q += c0;
       if constexpr (HasW) kc.w += c0;
-      weighted_sums<V, HasQ, HasW>(x + c0, n, kc, s.dot, s.usum);  // before e overwrites x
+      weighted_sums<V, HasQ, HasW>(src, n, kc, s.dot, s.usum);  // before e overwrites x
     }
-    const T cm = max_of<V>(x + c0, n);
+    const T cm = max_of<V>(src, n);
     if (cm > s.max) {
       s.sum *= scalar_exp(s.max - cm);
       s.max = cm;
       max_chunk_start = c0;
-      if (search_now) s.argmax = c0 + first_index_of(x + c0, n, cm);
+      if (search_now) s.argmax = c0 + first_index_of(src, n, cm);
     }
     const T ps = Carry ? pending->chunk_scale(chunk) : T(0);
+    // Store the exps, unless e holds the capped logits (Cap), which the gradient sweep reads.
+    constexpr bool StoreExps = Store && !Cap;
     if (s.max == neg_inf<T>()) {  // every value so far is -inf: each contributes exp(-inf) = 0
-      if constexpr (Store) fill(e + c0, n, T(0));
-      if constexpr (Carry) finish_range<V, HasQ, HasW, true>(*pending, c0, c0 + n, ps);
+      if constexpr (StoreExps) fill(e + c0, n, T(0));
+      if constexpr (Carry) finish_range<V, HasQ, HasW, true, Cap>(*pending, c0, c0 + n, ps);
     } else {
-      s.sum += sum_exp<V, Store, Carry, HasQ, HasW>(x + c0, n, s.max, e + (Store ? c0 : 0),
-                                                     x + c0 + len, pending, c0, ps);
+      s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap>(src, n, s.max, e + (StoreExps ? c0 : 0),
+                                                             x + c0 + len, pending, c0, ps);
     }
     if constexpr (Store) chunk_max[chunk] = s.max;
   }
   s.lse = s.max + scalar_log(s.sum);
+  if (Cap) return s;
   if (want_argmax && !search_now)
     s.argmax = max_chunk_start + first_index_of(x + max_chunk_start, min_i64(len, cols - max_chunk_start), s.max);
   if (want_argmax && is_nan(s.lse)) s.argmax = argmax_of(x, cols);  // NaN or +inf: rare, rescan
@@ -379,7 +430,7 @@ inline bool stream_output(const Rows& out) {
 // The second sweep after a Store sweep, on its own: write the pending row's gradient,
 // chunk by chunk (each chunk has its own factor). `next`, when given, is the next row of
 // logits: it is prefetched meanwhile, so that reads and writes overlap.
-template <class V, bool HasQ, bool HasW, bool Stream, class T = typename V::T>
+template <class V, bool HasQ, bool HasW, bool Stream, bool Cap = false, class T = typename V::T>
 void finish_from_exps(const PendingGradient<T>& p, int64_t cols, const T* next = nullptr) {
   const int64_t len = chunk_length(cols);
   for (int64_t c0 = 0, chunk = 0; c0 < cols; c0 += len, ++chunk) {
@@ -387,22 +438,31 @@ void finish_from_exps(const PendingGradient<T>& p, int64_t cols, const T* next =
     if (next)
       for (int64_t c = c0; c < end; c += 64 / static_cast<int64_t>(sizeof(T)))
         __builtin_prefetch(next + c, 0, 2);
-    finish_range<V, HasQ, HasW, Stream>(p, c0, end, p.chunk_scale(chunk));
+    finish_range<V, HasQ, HasW, Stream, Cap>(p, c0, end, Cap ? T(0) : p.chunk_scale(chunk));
   }
 }
 
-// One sweep when lse is already known: d_c = scale * exp(x_c - lse) - (alpha q_c + beta) w_c.
-template <class V, bool HasQ, bool HasW, class T = typename V::T>
+// One sweep when lse is already known: d_c = scale * exp(x_c - lse) - (alpha q_c + beta) w_c,
+// with Cap taken at the capped logits and multiplied by the cap's slope (the target's
+// one-hot term is subtracted by the caller).
+template <class V, bool HasQ, bool HasW, bool Cap = false, class T = typename V::T>
 void gradient_from_lse(const T* x, T* d, int64_t cols, T lse, T scale,
-                       const ClassCoefficients<T>& k) {
+                       const ClassCoefficients<T>& k, T softcap = 0) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
-  const V vl = V::set1(lse), vs = V::set1(scale);
+  const T inv_cap = Cap ? T(1) / softcap : T(0);
+  const auto one = [&](auto xv, auto u) {
+    using U = decltype(xv);
+    if constexpr (Cap) {
+      const U capped = U::set1(softcap) * vtanh(xv * U::set1(inv_cap));
+      return through_cap(vexp(capped - U::set1(lse)) * U::set1(scale) - u, capped, inv_cap);
+    } else {
+      return vexp(xv - U::set1(lse)) * U::set1(scale) - u;
+    }
+  };
   int64_t i = 0;
-  for (; i + W <= cols; i += W)
-    (vexp(V::load(x + i) - vl) * vs - coefficient<V, HasQ, HasW>(k, i)).store(d + i);
-  for (; i < cols; ++i)
-    d[i] = vexp(S{x[i] - lse}).v * scale - coefficient<S, HasQ, HasW>(k, i).v;
+  for (; i + W <= cols; i += W) one(V::load(x + i), coefficient<V, HasQ, HasW>(k, i)).store(d + i);
+  for (; i < cols; ++i) d[i] = one(S{x[i]}, coefficient<S, HasQ, HasW>(k, i)).v;
 }
 
 // Runs block(r) over full blocks of W rows, r0 <= r < r1, and tail(r) over the rows left
@@ -412,6 +472,13 @@ void by_blocks(int64_t r0, int64_t r1, Block&& block, Tail&& tail) {
   int64_t r = r0;
   for (; r + V::width <= r1; r += V::width) block(r);
   for (; r < r1; ++r) tail(r);
+}
+
+// Calls f(flag) with the flag as a std::bool_constant value (see with_flags).
+template <class F>
+void with_flag(bool flag, F&& f) {
+  if (flag) f(std::true_type{});
+  else f(std::false_type{});
 }
 
 // Calls f(has_q, has_w) with the two flags as std::bool_constant values, so that the inner

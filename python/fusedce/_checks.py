@@ -63,6 +63,27 @@ def label_smoothing(value) -> float:
     return value
 
 
+def z_loss(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"z_loss must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {value}")
+    return value
+
+
+def softcap(value) -> float:
+    """The kernels' softcap: 0.0 for None (off), else a finite positive float."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"softcap must be None or a number, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {value}")
+    return value
+
+
 def same_shape(a, shape, name: str, what: str):
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)} ({what}), got {tuple(a.shape)}")

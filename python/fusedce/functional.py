@@ -289,8 +289,24 @@ def _non_finite_weight_message(weight, w, inp: _Input):
     return msg
 
 
-def _options(weight, ignore_index, label_smoothing):
-    return _core.LossOptions(arrays.pointer(weight) if weight is not None else 0, ignore_index, label_smoothing)
+def _options(weight, ignore_index, label_smoothing, z_loss=0.0, softcap=0.0):
+    return _core.LossOptions(arrays.pointer(weight) if weight is not None else 0, ignore_index,
+                             label_smoothing, z_loss, softcap)
+
+
+def _z_loss_per_row(z_loss, reduction, target: "_Target", weight, denom, inp: "_Input"):
+    """The z-loss coefficient each row carries in the kernels.
+
+    "mean" divides the cross-entropy terms by the total weight ``denom`` of the counted rows
+    but the z-loss terms by their number ``n``; the kernels divide every row's loss by
+    ``denom``, so each row carries ``z_loss * denom / n`` (just z_loss without class weights,
+    where denom == n). With class weights on a GPU this costs one synchronisation.
+    """
+    if not z_loss or reduction != "mean" or weight is None or target.probs is not None:
+        return z_loss
+    n = float((target.index != target.ignore_index).sum())
+    total = float(denom)
+    return z_loss * total / n if n else 0.0
 
 
 def _denominator(reduction, target: _Target, weight, inp: _Input):
@@ -542,15 +558,18 @@ class _LossCall:
     """The arguments every loss shares, checked once."""
 
     def __init__(self, x, target, weight, ignore_index, reduction, label_smoothing, axis,
-                 x_name, backend, allow_probs=True, validate=True):
+                 x_name, backend, allow_probs=True, validate=True, z_loss=0.0, softcap=None):
         self.reduction = checks.reduction(reduction)
         ignore_index = checks.ignore_index(ignore_index)
         self.eps = checks.label_smoothing(label_smoothing)
+        z_loss, softcap = checks.z_loss(z_loss), checks.softcap(softcap)
         self.inp = _Input(x, axis, x_name, backend)
         self.weight = _weight(weight, self.inp, validate)
         self.target = _Target(target, self.inp, ignore_index, allow_probs=allow_probs, validate=validate)
-        self.options = _options(self.weight, ignore_index, self.eps)
         self.denom = _denominator(self.reduction, self.target, self.weight, self.inp)
+        z_loss = _z_loss_per_row(z_loss, self.reduction, self.target, self.weight, self.denom,
+                                 self.inp)
+        self.options = _options(self.weight, ignore_index, self.eps, z_loss, softcap)
         self.launch = backend.launch()
         # the other N x C input the kernels read (probability targets), for _Output
         self.reads = () if self.target.probs is None else (self.target.probs_input,)
@@ -572,14 +591,15 @@ class _LossCall:
 
 @_runs_where("logits", "target", "weight")
 def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, axis=-1, return_lse=False, return_argmax=False,
-                  validate_targets=True):
+                  label_smoothing=0.0, z_loss=0.0, softcap=None, axis=-1, return_lse=False,
+                  return_argmax=False, validate_targets=True):
     """Softmax cross-entropy of ``logits`` against class indices or class probabilities.
 
     Follows ``torch.nn.functional.cross_entropy``: for a row ``x`` with class weights ``w``
     (1 if ``weight`` is None), smoothing ``eps`` and ``lse = logsumexp(x)``,
     index target ``t``: ``loss = (1-eps) w_t (lse - x_t) + eps/C sum_c w_c (lse - x_c)``;
-    probability target ``q``: ``loss = sum_c w_c q'_c (lse - x_c)``, ``q' = (1-eps) q + eps/C``.
+    probability target ``q``: ``loss = sum_c w_c q'_c (lse - x_c)``, ``q' = (1-eps) q + eps/C``;
+    plus the language-model options ``z_loss`` and ``softcap`` (PyTorch has neither).
 
     Parameters
     ----------
@@ -595,6 +615,20 @@ def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, re
         "mean" divides by the total weight of counted rows (the row count for probability
         targets); a zero total gives 0.0 (PyTorch gives NaN).
     label_smoothing : float in [0, 1], default 0.0
+    z_loss : float >= 0, default 0.0
+        Adds ``z_loss * lse**2`` to the loss of every counted row (index targets: the rows
+        not ignored; probability targets: every row), which keeps the log-partition near 0
+        (PaLM, Chameleon). "none" and "sum" add it per row and summed; "mean" divides the
+        cross-entropy terms by the total weight of the counted rows and the z-loss terms by
+        their number (the same as averaging ``ce + z_loss*lse**2`` over rows when there are
+        no class weights; Liger-Kernel's convention). The gradient gains
+        ``2 * z_loss * lse * softmax``.
+    softcap : float > 0, optional
+        Logit soft-capping (Gemma 2 and later): every logit ``x`` is replaced by
+        ``softcap * tanh(x / softcap)`` before the softmax, inside the kernel (the capped
+        logits are never stored), and the gradient is multiplied by
+        ``1 - tanh(x / softcap)**2``. ``lse`` is that of the capped logits; ``argmax`` that
+        of the logits as given.
     axis : int, default -1
         The class axis; for (N, C, d1, ...) inputs in PyTorch's layout pass ``axis=1``.
     return_lse, return_argmax : bool, default False
@@ -618,7 +652,8 @@ def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, re
     TypeError: wrong kind or dtype (non-floating ``logits``; ``target`` neither int32/int64
         nor floating; a PyTorch CPU tensor, which belongs to ``fusedce.torch``).
     ValueError: mismatched shapes (``target``, ``weight``), an unknown ``reduction``,
-        ``label_smoothing`` outside [0, 1], a non-finite ``weight`` entry.
+        ``label_smoothing`` outside [0, 1], ``z_loss`` negative or not finite, ``softcap``
+        not a finite positive number, a non-finite ``weight`` entry.
     IndexError: a class index outside [0, C) other than ``ignore_index``;
         numpy.exceptions.AxisError (a ValueError and an IndexError) for a bad ``axis``.
 
@@ -634,8 +669,7 @@ def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, re
     array([0, 0])
     """
     call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                     "logits", backend,
-                     validate=validate_targets)
+                     "logits", backend, validate=validate_targets, z_loss=z_loss, softcap=softcap)
     losses = call.per_row()
     lse = call.per_row() if return_lse else None
     argmax = call.per_row(np.int64) if return_argmax else None
@@ -649,8 +683,8 @@ def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, re
 
 @_runs_where("logits", "target", "weight", "lse", "out", "grad_loss")
 def cross_entropy_backward(backend, grad_loss, logits, target, *, weight=None, ignore_index=-100,
-                           reduction="mean", label_smoothing=0.0, axis=-1, lse=None, out=None,
-                           validate_targets=True):
+                           reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None, axis=-1,
+                           lse=None, out=None, validate_targets=True):
     """Gradient of :func:`cross_entropy` with respect to ``logits``.
 
     Each row's loss is ``sum_c u_c (lse - x_c)`` with coefficients ``u_c`` that do not
@@ -659,18 +693,20 @@ def cross_entropy_backward(backend, grad_loss, logits, target, *, weight=None, i
     divided by what the mean divides the sum by). Index target ``t``:
     ``u_c = (1-eps) w_t [c == t] + eps/C w_c`` (without weights or smoothing the gradient
     is ``g (p - onehot(t))``); probability target ``q``: ``u_c = w_c q'_c`` with
-    ``q' = (1-eps) q + eps/C``.
+    ``q' = (1-eps) q + eps/C``. A z-loss adds ``g' 2 z_loss lse p_c`` to counted rows
+    (``g'`` divides by the number of counted rows for "mean"), and a softcap multiplies the
+    whole by ``1 - tanh(x_c / softcap)**2``, with ``x`` the capped logits in ``p`` and ``lse``.
 
     Parameters
     ----------
     grad_loss : scalar or array_like
         The gradient of the returned loss: a scalar for "sum"/"mean", per-row array (the
         shape of the loss) or scalar for "none".
-    logits, target, weight, ignore_index, reduction, label_smoothing, axis
+    logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, axis
         As for :func:`cross_entropy`.
     lse : array_like, optional
-        The per-row log-sum-exp from ``cross_entropy(..., return_lse=True)``: skips
-        recomputing it, so the logits are read once.
+        The per-row log-sum-exp from ``cross_entropy(..., return_lse=True)`` (with the same
+        ``softcap``): skips recomputing it, so the logits are read once.
     out : ndarray, optional
         Where to write the gradient (shape and dtype of ``logits``).
 
@@ -685,7 +721,7 @@ def cross_entropy_backward(backend, grad_loss, logits, target, *, weight=None, i
     array([[ 0.5, -0.5]])
     """
     call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                     "logits", backend, validate=validate_targets)
+                     "logits", backend, validate=validate_targets, z_loss=z_loss, softcap=softcap)
     factors, stride = call.grad_factors(grad_loss)
     lse_rows = None
     if lse is not None:
@@ -703,8 +739,9 @@ def cross_entropy_backward(backend, grad_loss, logits, target, *, weight=None, i
 
 @_runs_where("logits", "target", "weight", "out", "grad_loss")
 def cross_entropy_with_grad(backend, logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, axis=-1, grad_loss=1.0, out=None, inplace=False,
-                            return_lse=False, return_argmax=False, validate_targets=True):
+                            label_smoothing=0.0, z_loss=0.0, softcap=None, axis=-1, grad_loss=1.0,
+                            out=None, inplace=False, return_lse=False, return_argmax=False,
+                            validate_targets=True):
     """Loss and gradient of :func:`cross_entropy` in one fused pass over the logits.
 
     Each row is read from memory once; its gradient is written once, while the row is
@@ -713,7 +750,7 @@ def cross_entropy_with_grad(backend, logits, target, *, weight=None, ignore_inde
 
     Parameters
     ----------
-    logits, target, weight, ignore_index, reduction, label_smoothing, axis
+    logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, axis
         As for :func:`cross_entropy`.
     grad_loss : scalar or array_like, default 1.0
         Upstream gradient of the loss (per-row array allowed for "none").
@@ -740,7 +777,7 @@ def cross_entropy_with_grad(backend, logits, target, *, weight=None, ignore_inde
     if inplace and out is not None:
         raise ValueError("out and inplace=True are exclusive: inplace writes over logits")
     call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                     "logits", backend, validate=validate_targets)
+                     "logits", backend, validate=validate_targets, z_loss=z_loss, softcap=softcap)
     if inplace and call.target.probs is not None \
             and arrays.may_overlap(call.target.probs, call.inp.array):
         raise ValueError("target must not share memory with logits when inplace=True")

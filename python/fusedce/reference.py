@@ -182,36 +182,60 @@ def nll_loss_backward(grad_loss, logp, target, *, weight=None, ignore_index=-100
 # ----------------------------------------------------------------------------- cross-entropy
 
 
-def _ce_parts(logits, target, weight, ignore_index, label_smoothing, axis):
+def _check_lm_options(z_loss, softcap):
+    if not (np.isfinite(z_loss) and z_loss >= 0):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
+    if softcap is not None and not (np.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+
+
+class _CeParts:
     """Everything both directions need, in float64 with classes last.
 
-    Returns (x, logp, coeff, scale, denom): per row, the loss is -sum_c coeff_c logp_c,
-    the gradient p_c * scale - coeff_c with p = exp(logp), and `denom` is what "mean"
-    divides by. coeff is the (smoothed, weighted) target distribution:
+    Per row, with the logits capped first (``x = softcap * tanh(raw / softcap)`` when a
+    softcap is given), the cross-entropy is ``-sum_c coeff_c logp_c`` and its gradient with
+    respect to x is ``p_c * scale - coeff_c`` (p = exp(logp)); coeff is the (smoothed,
+    weighted) target distribution:
       index target t:    coeff_c = (1-eps) w_t [c==t] + eps/C w_c   (0 for ignored rows)
       probability q:     coeff_c = w_c ((1-eps) q_c + eps/C)
-    and scale = sum_c coeff_c.
+    and scale = sum_c coeff_c. ``denom`` is what "mean" divides the cross-entropy by (the
+    total weight of counted rows; their number for probabilities), ``counted`` marks the
+    rows that carry a z-loss term and ``n_counted`` is their number, what "mean" divides
+    the z-loss by. ``dcap`` is d x / d raw = 1 - tanh(raw / softcap)^2 (1 without a cap).
     """
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    x = _last(logits, axis)
-    C = x.shape[-1]
-    eps = float(label_smoothing)
-    w = _weights(weight, C)
-    if _is_index_target(target):
-        t, keep = _index_rows(target, ignore_index, C)
-        w_t = np.where(keep, w[t], 0.0)
-        coeff = np.zeros_like(x)
-        if C:
-            np.put_along_axis(coeff, t[..., None], ((1 - eps) * w_t)[..., None], axis=-1)
-        if eps:
-            coeff += np.where(keep[..., None], eps / C * w, 0.0)
-        denom = np.sum(w_t)
-    else:
-        q = _last(target, axis)
-        coeff = w * ((1 - eps) * q + eps / C) if C else q
-        denom = q.size // C if C else 0
-    return x, _log_softmax64(x), coeff, np.sum(coeff, axis=-1), denom
+
+    def __init__(self, logits, target, weight, ignore_index, label_smoothing, axis, softcap):
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.raw = _last(logits, axis)
+        x = self.raw
+        self.dcap = np.ones_like(x)
+        if softcap is not None:
+            t = np.tanh(x / softcap)
+            x, self.dcap = softcap * t, 1.0 - t * t
+        self.x = x
+        C = x.shape[-1]
+        eps = float(label_smoothing)
+        w = _weights(weight, C)
+        if _is_index_target(target):
+            t, keep = _index_rows(target, ignore_index, C)
+            w_t = np.where(keep, w[t], 0.0)
+            coeff = np.zeros_like(x)
+            if C:
+                np.put_along_axis(coeff, t[..., None], ((1 - eps) * w_t)[..., None], axis=-1)
+            if eps:
+                coeff += np.where(keep[..., None], eps / C * w, 0.0)
+            self.denom = np.sum(w_t)
+            self.counted = keep
+        else:
+            q = _last(target, axis)
+            coeff = w * ((1 - eps) * q + eps / C) if C else q
+            self.denom = q.size // C if C else 0
+            self.counted = np.ones(x.shape[:-1], bool)
+        self.n_counted = int(np.sum(self.counted))
+        self.coeff, self.scale = coeff, np.sum(coeff, axis=-1)
+        self.logp = _log_softmax64(x)
+        self.lse = _lse(x)[..., 0]
 
 
 def _ce_loss_rows(logp, coeff):
@@ -223,57 +247,91 @@ def _ce_loss_rows(logp, coeff):
         return np.sum(np.where(coeff != 0, -coeff * logp, 0.0), axis=-1)
 
 
+def _z_rows(parts, z_loss):
+    """z_loss * lse^2 on counted rows, 0 elsewhere (float64, per row)."""
+    if not z_loss:
+        return np.zeros(parts.counted.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(parts.counted, z_loss * parts.lse ** 2, 0.0)
+
+
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, axis=-1, return_lse=False, return_argmax=False):
-    """Softmax cross-entropy (PyTorch's formula); optionally also per-row lse and argmax."""
+                  label_smoothing=0.0, z_loss=0.0, softcap=None, axis=-1, return_lse=False,
+                  return_argmax=False):
+    """Softmax cross-entropy (PyTorch's formula), plus z-loss and soft-capping; optionally
+    also per-row lse (of the capped logits) and argmax (of the logits as given).
+
+    "mean" divides the cross-entropy terms by the total weight of the counted rows and the
+    z-loss terms by their number (both 0.0 when the total weight is 0).
+    """
     _check_reduction(reduction)
+    _check_lm_options(z_loss, softcap)
     logits = np.asarray(logits)
     dtype = _loss_dtype(logits.dtype)
-    x, logp, coeff, _, denom = _ce_parts(logits, target, weight, ignore_index,
-                                         label_smoothing, axis)
-    loss = _reduce(_ce_loss_rows(logp, coeff), reduction, denom, dtype)
+    parts = _CeParts(logits, target, weight, ignore_index, label_smoothing, axis, softcap)
+    ce, z = _ce_loss_rows(parts.logp, parts.coeff), _z_rows(parts, z_loss)
+    if reduction == "mean":
+        total = 0.0
+        if parts.denom != 0:
+            total = np.sum(ce) / parts.denom + (np.sum(z) / parts.n_counted if z_loss else 0.0)
+        loss = np.asarray(total, dtype=dtype)
+    else:
+        loss = _reduce(ce + z, reduction, None, dtype)
     extra = []
     if return_lse:
-        extra.append(_lse(x)[..., 0].astype(dtype))
+        extra.append(parts.lse.astype(dtype))
     if return_argmax:
+        x = parts.raw
         extra.append(np.argmax(x, axis=-1).astype(np.int64) if x.shape[-1]
                      else np.zeros(x.shape[:-1], np.int64))
     return (loss, *extra) if extra else loss
 
 
 def cross_entropy_backward(grad_loss, logits, target, *, weight=None, ignore_index=-100,
-                           reduction="mean", label_smoothing=0.0, axis=-1, lse=None,
-                           out=None):
-    """d loss / d x_c = (p_c sum_k coeff_k - coeff_c) times the row's upstream factor.
+                           reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                           axis=-1, lse=None, out=None):
+    """d loss / d raw_c = (p_c (scale + 2 z lse') - coeff_c) dcap_c times the row's upstream
+    factor (z' = z_loss, and for "mean" the cross-entropy part divided by the total weight,
+    the z-loss part by the number of counted rows).
 
-    `lse` (if given) is used as the row log-sum-exp instead of recomputing it:
-    p = exp(x - lse).
+    `lse` (if given) is used as the row log-sum-exp (of the capped logits) instead of
+    recomputing it: p = exp(x - lse).
     """
     _check_reduction(reduction)
+    _check_lm_options(z_loss, softcap)
     logits = np.asarray(logits)
-    x, logp, coeff, scale, denom = _ce_parts(logits, target, weight, ignore_index,
-                                             label_smoothing, axis)
+    parts = _CeParts(logits, target, weight, ignore_index, label_smoothing, axis, softcap)
+    logp, lse_rows = parts.logp, parts.lse
     if lse is not None:
+        lse_rows = np.asarray(lse, dtype=np.float64)
         with np.errstate(invalid="ignore"):
-            logp = x - np.asarray(lse, dtype=np.float64)[..., None]
-    g = _row_factor(grad_loss, reduction, denom, scale.shape)
-    with np.errstate(invalid="ignore"):
-        dx = (np.exp(logp) * scale[..., None] - coeff) * g[..., None]
+            logp = parts.x - lse_rows[..., None]
+    g = _row_factor(grad_loss, reduction, parts.denom, parts.scale.shape)
+    # the z-loss coefficient of each row's p_c, with its own "mean" denominator
+    zg = _row_factor(grad_loss, reduction if reduction != "mean" else "sum", None,
+                     parts.scale.shape) * 2.0 * z_loss
+    if reduction == "mean":
+        zg = zg / parts.n_counted if parts.n_counted else zg * 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        zterm = np.where(parts.counted, zg * lse_rows, 0.0) if z_loss else 0.0
+        dx = (np.exp(logp) * (parts.scale * g + zterm)[..., None] - parts.coeff * g[..., None])
+        dx = dx * parts.dcap
     # Ignored rows (and every row when "mean" divides by a zero total weight) get an exact
     # zero gradient, even where their logits are NaN or all -inf (PyTorch gives NaN there).
     if _is_index_target(target):
-        dx[~_index_rows(target, ignore_index, x.shape[-1])[1]] = 0.0
-    if reduction == "mean" and denom == 0:
+        dx[~parts.counted] = 0.0
+    if reduction == "mean" and parts.denom == 0:
         dx[...] = 0.0
     return _store(_back(dx, axis, logits.dtype), out)
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100,
-                            reduction="mean", label_smoothing=0.0, axis=-1, grad_loss=1.0,
-                            out=None, inplace=False, return_lse=False, return_argmax=False):
+                            reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
+                            axis=-1, grad_loss=1.0, out=None, inplace=False, return_lse=False,
+                            return_argmax=False):
     """(loss, d logits) [+ lse, argmax]: cross_entropy and cross_entropy_backward together."""
     opts = dict(weight=weight, ignore_index=ignore_index, reduction=reduction,
-                label_smoothing=label_smoothing, axis=axis)
+                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, axis=axis)
     fwd = cross_entropy(logits, target, return_lse=return_lse, return_argmax=return_argmax,
                         **opts)
     grad = cross_entropy_backward(grad_loss, logits, target, **opts)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 import fusedce as _fc
+from fusedce import _checks
 
 __all__ = ["cross_entropy", "CrossEntropyLoss", "nll_loss", "log_softmax", "softmax"]
 
@@ -189,11 +190,17 @@ def _check_same_device(input, **others):
             raise ValueError(f"{name} is on {t.device} but input is on {input.device}")
 
 
-def _loss_options(weight, ignore_index, reduction, label_smoothing):
+def _loss_options(weight, ignore_index, reduction, label_smoothing, **lm_options):
+    """The keyword arguments of the fusedce call; ``lm_options`` (z_loss, softcap) are
+    checked here, so that a bad value raises before any work."""
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    if "z_loss" in lm_options:
+        lm_options["z_loss"] = _checks.z_loss(lm_options["z_loss"])
+    if "softcap" in lm_options:
+        lm_options["softcap"] = _checks.softcap(lm_options["softcap"]) or None
     return dict(ignore_index=int(ignore_index), reduction=reduction,
-                label_smoothing=float(label_smoothing))
+                label_smoothing=float(label_smoothing), **lm_options)
 
 
 def _batched(input, target):
@@ -275,6 +282,7 @@ class _CrossEntropy(torch.autograd.Function):
         ctx.inplace = inplace and want_grad
         ctx.target_grad = bool(ctx.needs_input_grad[1]) and not index_target
         ctx.label_smoothing = opts["label_smoothing"]
+        ctx.softcap = opts.get("softcap")
         cdt = _compute_dtype(input.dtype)
         with _arrays_for(input) as io:
             x = io.array(x_t)
@@ -363,7 +371,10 @@ def _probability_target_grad(ctx, grad_loss):
     input, target, weight = ctx.saved_tensors
     x, q, _ = _batched(input, target)
     eps = ctx.label_smoothing
-    logp = torch.log_softmax(x.to(_compute_dtype(x.dtype)), dim=1)
+    x = x.to(_compute_dtype(x.dtype))
+    if ctx.softcap is not None:  # the loss sees the capped logits
+        x = ctx.softcap * torch.tanh(x / ctx.softcap)
+    logp = torch.log_softmax(x, dim=1)
     g = -(1.0 - eps) * logp
     if weight is not None:
         shape = [1] * g.dim()
@@ -381,7 +392,7 @@ def _probability_target_grad(ctx, grad_loss):
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, inplace=False):
+                  label_smoothing=0.0, inplace=False, *, z_loss=0.0, softcap=None):
     """Softmax cross-entropy between logits and targets, as ``torch.nn.functional.cross_entropy``.
 
     Args:
@@ -397,6 +408,12 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             ``"mean"`` (the sum divided by the summed weights of the non-ignored targets;
             by the number of rows for probability targets).
         label_smoothing: epsilon in [0, 1]; the target becomes ``(1-eps) target + eps/C``.
+        z_loss: (keyword only; not in PyTorch) adds ``z_loss * lse**2`` per counted row,
+            ``lse`` the row's log-sum-exp; "mean" divides these terms by the number of
+            counted rows (see ``fusedce.cross_entropy``).
+        softcap: (keyword only; not in PyTorch) a positive float ``c``: the logits become
+            ``c * tanh(x / c)`` inside the kernel before the softmax (Gemma 2); the same as
+            applying that to ``input`` first, without the extra N x C tensors.
         inplace: write the gradient over ``input`` during the forward (no N x C buffer).
             The input must not be a leaf that requires grad nor be needed afterwards:
             it holds the gradient once this returns, and autograd raises if any other
@@ -409,8 +426,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
 
     Raises:
         TypeError: a non-tensor or non-floating input, an unsupported device or dtype.
-        ValueError: bad reduction, shape mismatch, label_smoothing outside [0, 1],
-            tensors on different devices, an unusable view with ``inplace=True``.
+        ValueError: bad reduction, shape mismatch, label_smoothing outside [0, 1], z_loss
+            negative or not finite, softcap not a finite positive number, tensors on
+            different devices, an unusable view with ``inplace=True``.
         IndexError: a class index outside ``[0, C)`` that is not ``ignore_index`` (CPU).
         RuntimeError: ``inplace=True`` on a leaf tensor that requires grad.
 
@@ -425,7 +443,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     _check_same_device(input, target=target, weight=weight)
-    opts = _loss_options(weight, ignore_index, reduction, label_smoothing)
+    opts = _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss=z_loss,
+                         softcap=softcap)
     shape = None
     arg = input
     if inplace and input.requires_grad and torch.is_grad_enabled():
@@ -473,23 +492,28 @@ class CrossEntropyLoss(torch.nn.Module):
     """
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
-                 inplace=False):
+                 inplace=False, *, z_loss=0.0, softcap=None):
         super().__init__()
-        _loss_options(weight, ignore_index, reduction, label_smoothing)
+        _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss=z_loss,
+                      softcap=softcap)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.inplace = inplace
+        self.z_loss = z_loss
+        self.softcap = softcap
 
     def forward(self, input, target):
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
-                             inplace=self.inplace)
+                             inplace=self.inplace, z_loss=self.z_loss, softcap=self.softcap)
 
     def extra_repr(self):
+        extra = "".join(f", {name}={getattr(self, name)}" for name in ("z_loss", "softcap")
+                        if getattr(self, name) not in (0.0, None))
         return (f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
-                f"label_smoothing={self.label_smoothing}, inplace={self.inplace}")
+                f"label_smoothing={self.label_smoothing}, inplace={self.inplace}{extra}")
 
 
 # ------------------------------------------------------------------------------------------
