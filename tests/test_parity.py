@@ -65,9 +65,14 @@ def magnitude(x, axis):
 
 
 def ce_scales(x, target, opts, g=1.0):
-    """Absolute scales (loss, gradient, lse) for a cross-entropy or nll result."""
+    """Absolute scales (loss, gradient, lse) for a cross-entropy or nll result.
+
+    A z-loss term z lse^2 has a rounding error proportional to z m^2 (lse's error is
+    proportional to m), its gradient 2 z lse p to 2 z m; a softcap only shrinks the logits.
+    """
     axis = opts.get("axis", -1)
     eps = opts.get("label_smoothing", 0.0)
+    z = opts.get("z_loss", 0.0)
     parts = ref._CeParts(x, target, opts.get("weight"), opts.get("ignore_index", -100), eps,
                          axis, None)
     coeffsum, denom = parts.scale, parts.denom
@@ -76,9 +81,14 @@ def ce_scales(x, target, opts, g=1.0):
     m = magnitude(x, axis)
     if coeffsum.size == 0:
         return 0.0, 0.0, m
-    loss = {"none": coeffsum.max(), "sum": coeffsum.sum(),
-            "mean": coeffsum.sum() / denom if denom else 0.0}[red]
-    return m * loss, m * float((coeffsum * factor).max()), m
+    n = max(parts.n_counted, 1)
+    loss = {"none": coeffsum.max() + z * m, "sum": coeffsum.sum() + z * m * n,
+            "mean": (coeffsum.sum() / denom + z * m) if denom else 0.0}[red]
+    z_factor = np.abs(ref._row_factor(g, "sum" if red == "mean" else red, None, coeffsum.shape))
+    if red == "mean":
+        z_factor = z_factor / n
+    grad = float((coeffsum * factor).max()) + 2 * z * m * float(z_factor.max())
+    return m * loss, m * grad, m
 
 
 def is_device_array(a, device):
@@ -161,7 +171,8 @@ def logits_arrays(draw, dtypes=("float32", "float64"), big_ok=True):
 
 
 @st.composite
-def ce_cases(draw, dtypes=("float32", "float64", "float16"), prob_ok=True, smoothing=True):
+def ce_cases(draw, dtypes=("float32", "float64", "float16"), prob_ok=True, smoothing=True,
+             lm_options=True):
     x, axis, rng = draw(logits_arrays(dtypes))
     C = x.shape[axis]
     rows = row_shape(x.shape, axis)
@@ -172,6 +183,9 @@ def ce_cases(draw, dtypes=("float32", "float64", "float16"), prob_ok=True, smoot
     if smoothing:
         opts["label_smoothing"] = draw(st.sampled_from([0.0, 0.0, 0.1, 1.0])
                                        | st.floats(0.0, 1.0))
+    if lm_options and draw(st.integers(0, 2)) == 0:  # the language-model options
+        opts["z_loss"] = draw(st.sampled_from([0.0, 1e-4, 0.1]))
+        opts["softcap"] = draw(st.sampled_from([None, 0.5, 30.0]))
     if prob_ok and draw(st.integers(0, 3)) == 0:
         q = rng.dirichlet(np.ones(C), size=rows) if draw(st.booleans()) else \
             rng.uniform(0, 1, size=rows + (C,))  # PyTorch does not require a distribution
@@ -536,7 +550,8 @@ def test_empty_batch(device, dtype, reduction):
 # ----------------------------------------------------------------------------- identities
 
 
-@given(case=ce_cases(dtypes=("float32", "float64"), prob_ok=False, smoothing=False))
+@given(case=ce_cases(dtypes=("float32", "float64"), prob_ok=False, smoothing=False,
+                         lm_options=False))
 def test_cross_entropy_is_nll_of_log_softmax(device, case):
     """The seed's identity: cross_entropy(x, y) == nll_loss(log_softmax(x), y), and for the
     gradients cross_entropy_backward == log_softmax_backward(nll_loss_backward(...))."""
@@ -559,7 +574,7 @@ def test_cross_entropy_is_nll_of_log_softmax(device, case):
 # ----------------------------------------------------------------------------- nll
 
 
-@given(case=ce_cases(prob_ok=False, smoothing=False))
+@given(case=ce_cases(prob_ok=False, smoothing=False, lm_options=False))
 def test_nll_loss(device, case):
     x, target, opts, layout = case
     dx, dt = place(x, layout, device), place(target, layout, device)
@@ -750,7 +765,10 @@ def test_every_simd_level(simd_level, shape, dtype):
     w = rng.uniform(0.5, 2, C).astype(cdt)
     cases = [(masked, t, dict(weight=w)), (masked, t, {}),
              (x, t, dict(weight=w, label_smoothing=0.2)), (x, q, dict(label_smoothing=0.1)),
-             (x, q, dict(weight=w))]
+             (x, q, dict(weight=w)),
+             (masked, t, dict(weight=w, z_loss=0.01, softcap=2.0)),
+             (x, t, dict(label_smoothing=0.1, z_loss=0.1, softcap=5.0)),
+             (x, q, dict(weight=w, z_loss=0.01, softcap=3.0))]
     for red in REDUCTIONS:
         g = np.asarray(np.linspace(0.5, 1.5, shape[0]) if red == "none" else 0.8, cdt)
         for xx, tgt, opts in cases:
