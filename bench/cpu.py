@@ -75,6 +75,12 @@ FLOOR_COPY, FLOOR_READ = "copy", "read"
 FUSED_FWD, FUSED_FB, FUSED_FB_INPLACE = "fused_fwd", "fused_fwdbwd", "fused_fwdbwd_inplace"
 UNFUSED_FWD, UNFUSED_FB = "unfused_fwd", "unfused_fwdbwd"
 TORCH_FWD, TORCH_FB = "torch_fwd", "torch_fwdbwd"
+# --lm-options: the fused forward+backward with z-loss, a softcap, both (out= and in place),
+# and PyTorch computing the same loss with its own ops
+LM_Z, LM_CAP, LM_BOTH, LM_BOTH_INPLACE, LM_TORCH = (
+    "fused_fwdbwd_zloss", "fused_fwdbwd_softcap", "fused_fwdbwd_both",
+    "fused_fwdbwd_both_inplace", "torch_fwdbwd_both")
+LM_Z_LOSS, LM_SOFTCAP = 1e-4, 30.0
 NUMPY_FB = "numpy_fwdbwd"
 NUMPY_COPY = "numpy_copy"  # the copy timed in the reference's own rounds
 
@@ -265,6 +271,17 @@ class Runner:
             ops.append((FUSED_FB_INPLACE,
                         lambda: fc.cross_entropy_with_grad(scratch, target, inplace=True),
                         lambda: np.copyto(scratch, x)))
+        if self.args.lm_options and not sweep:
+            z, cap = dict(z_loss=LM_Z_LOSS), dict(softcap=LM_SOFTCAP)
+            both = dict(z, **cap)
+            ops += [(LM_Z, lambda: fc.cross_entropy_with_grad(x, target, out=out, **z), None),
+                    (LM_CAP, lambda: fc.cross_entropy_with_grad(x, target, out=out, **cap), None),
+                    (LM_BOTH, lambda: fc.cross_entropy_with_grad(x, target, out=out, **both), None),
+                    (LM_BOTH_INPLACE,
+                     lambda: fc.cross_entropy_with_grad(scratch, target, inplace=True, **both),
+                     lambda: np.copyto(scratch, x))]
+            if torch is not None:
+                ops.append((LM_TORCH, self._torch_lm_fb(x, target), None))
         if not self.args.no_unfused:
             if not sweep:
                 ops.append((UNFUSED_FWD, self._unfused(x, target, bufs, backward=False), None))
@@ -352,6 +369,21 @@ class Runner:
 
         def run():
             loss = F.cross_entropy(xg, tt)
+            (grad,) = torch.autograd.grad(loss, xg)
+            return grad
+
+        return run
+
+    def _torch_lm_fb(self, x, target):
+        """PyTorch forward + backward of the same z-loss + softcap loss, with its own ops
+        (F.cross_entropy of softcap * tanh(x / softcap), plus z_loss * mean(lse^2))."""
+        torch, F = self.torch, self.F
+        xg = torch.from_numpy(x).requires_grad_(True)
+        tt = torch.from_numpy(target)
+
+        def run():
+            xc = LM_SOFTCAP * torch.tanh(xg / LM_SOFTCAP)
+            loss = F.cross_entropy(xc, tt) + LM_Z_LOSS * torch.logsumexp(xc, 1).square().mean()
             (grad,) = torch.autograd.grad(loss, xg)
             return grad
 
@@ -621,6 +653,31 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
         add(f"\\* other processes kept more than {meta['max_other_load']} cores busy during "
             "this measurement: treat it as noisy.")
 
+    if meta.get("lm_options"):
+        add("")
+        add(f"### Language-model options: forward + backward, ms (time / copy of the logits)")
+        add("")
+        add(f"z_loss={LM_Z_LOSS}, softcap={LM_SOFTCAP}; torch = F.cross_entropy of "
+            "softcap * tanh(x / softcap) plus z_loss * mean(logsumexp^2), PyTorch ops.")
+        add("")
+        head = ["shape", "threads", "copy", "fused", "+z_loss", "+softcap", "+both",
+                "+both inplace"]
+        if has_torch:
+            head += ["torch (both)", "fused (both) vs torch"]
+        add("| " + " | ".join(head) + " |")
+        add("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+        for (n, c), per in results.items():
+            for t in threads_list:
+                r = per[t]
+                copy = r.get(FLOOR_COPY)
+                row = [shape_label(n, c), str(t), cell(copy, None, nz(n, c, t, FLOOR_COPY))]
+                keys = (FUSED_FB, LM_Z, LM_CAP, LM_BOTH, LM_BOTH_INPLACE)
+                keys += (LM_TORCH,) if has_torch else ()
+                row += [cell(r.get(k), ratio(r.get(k), copy), nz(n, c, t, k)) for k in keys]
+                if has_torch:
+                    row.append(fmt_ratio(ratio(r.get(LM_TORCH), r.get(LM_BOTH))))
+                add("| " + " | ".join(row) + " |")
+
     # Thread scaling of the fused forward+backward.
     t_lo, t_hi = min(threads_list), max(threads_list)
     if t_hi > t_lo:
@@ -798,6 +855,9 @@ def main(argv=None):
     p.add_argument("--no-inplace", action="store_true", help="do not time inplace=True")
     p.add_argument("--no-check", action="store_true",
                    help="skip the loss/gradient agreement check after each setting")
+    p.add_argument("--lm-options", action="store_true",
+                   help="also time the fused forward+backward with z_loss, softcap and both "
+                        "(and PyTorch computing the same loss)")
     p.add_argument("--simd", help="fusedce.set_simd_level(SIMD) first (avx512, avx2, portable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="FILE.md", help="also write the tables to this file")
@@ -853,6 +913,7 @@ def main(argv=None):
         "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         "min_time_s": args.min_time,
         "rounds": args.rounds,
+        "lm_options": args.lm_options,
         "max_other_load": args.max_other_load,
     }
     progress = Progress(quiet=args.quiet)
