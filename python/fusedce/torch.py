@@ -13,11 +13,17 @@ target, and the argument names and defaults are PyTorch's:
     log_softmax(input, dim, dtype=None)
     softmax(input, dim, dtype=None)
 
-Each is a ``torch.autograd.Function`` whose backward runs fusedce's kernels. CPU tensors
-reach the kernels as NumPy views of their storage (no copy); CUDA tensors go through
-DLPack (no copy) on PyTorch's current stream, bfloat16 and float16 included (the CUDA
-kernels compute in float32). On the CPU, bfloat16 tensors, which NumPy cannot hold, are
-converted to float32 and the results cast back; float16 is handed over as is. Losses come back in the input's dtype, as in PyTorch.
+Each runs as operators registered with ``torch.library`` (namespace ``fusedce``: for
+example ``torch.ops.fusedce.cross_entropy_with_grad``) with fake (shape) functions and
+registered derivatives, so that ``torch.compile(..., fullgraph=True)`` and
+``torch.export.export`` take them whole, forward and backward, with no graph break;
+``inplace=True`` is for eager mode only (it raises under ``torch.compile`` when a gradient
+is wanted). The backward runs fusedce's kernels too. CPU tensors reach the kernels as
+NumPy views of their storage (no copy); CUDA tensors go through DLPack (no copy) on
+PyTorch's current stream, bfloat16 and float16 included (the CUDA kernels compute in
+float32). On the CPU, bfloat16 tensors, which NumPy cannot hold, are converted to float32
+and the results cast back; float16 is handed over as is. Losses come back in the input's
+dtype, as in PyTorch.
 
 Differences from PyTorch, all inherited from fusedce: a ``"mean"`` over a zero total weight
 (every target ignored, empty batch) is 0.0 with a zero gradient rather than NaN;
@@ -182,6 +188,9 @@ def _check_input(input, name="input"):
         raise TypeError(f"{name} must be a floating point tensor, got {input.dtype}")
     if input.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (the classes)")
+    if input.device.type not in ("cpu", "cuda"):
+        raise TypeError(
+            f"{name}: fusedce.torch runs on CPU and CUDA tensors, not {input.device.type!r}")
 
 
 def _check_same_device(input, **others):
@@ -190,11 +199,20 @@ def _check_same_device(input, **others):
             raise ValueError(f"{name} is on {t.device} but input is on {input.device}")
 
 
+def _concrete(value):
+    """`value` with its value known to the checks. torch.compile may trace a float argument
+    as a symbol (with dynamic=True, defaults included), on which math.isfinite cannot run;
+    ``__float__`` makes it specialise on the value (a guard: another value recompiles)."""
+    return value.__float__() if isinstance(value, float) else value
+
+
 def _loss_options(weight, ignore_index, reduction, label_smoothing, **lm_options):
     """The keyword arguments of the fusedce call; ``lm_options`` (z_loss, softcap) are
     checked here, so that a bad value raises before any work."""
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+    label_smoothing = _concrete(label_smoothing)
+    lm_options = {name: _concrete(value) for name, value in lm_options.items()}
     if "z_loss" in lm_options:
         lm_options["z_loss"] = _checks.z_loss(lm_options["z_loss"])
     if "softcap" in lm_options:
@@ -219,6 +237,321 @@ def _is_unit(g):
     return bool(torch.all(g == 1))
 
 
+def _eager(t):
+    """True when `t` holds values that can be looked at now: not under torch.compile or
+    torch.export, and not a fake or functional tensor of some other tracer (opcheck,
+    make_fx). Checks that read values (`_is_unit`) are skipped while tracing."""
+    return type(t) is torch.Tensor and not torch.compiler.is_compiling()
+
+
+# ------------------------------------------------------------------------------------------
+# The operators PyTorch sees (torch.library, namespace "fusedce")
+# ------------------------------------------------------------------------------------------
+#
+# Each public function runs as custom operators registered with torch.library, so that
+# torch.compile and torch.export see one opaque call with a known result shape (the
+# register_fake functions) and a known derivative (register_autograd), instead of trying to
+# trace into NumPy. The operators take PyTorch's batched layout, the classes at dim 1 of an
+# (N, C, d1, ...) tensor; the public wrappers add the batch dimension to a 1-D input and
+# check every argument first, so that an error names the argument before any operator runs.
+# One Python function is both the CPU and the CUDA kernel of an operator: `_arrays_for`
+# picks the way in. Results are always fresh tensors (the input's dtype, contiguous), except
+# for cross_entropy_with_grad_, which declares that it writes over its input.
+#
+#   cross_entropy            the loss alone (no gradient wanted for the logits)
+#   cross_entropy_with_grad  (loss, d loss / d input) in one fused pass (design (b), below)
+#   cross_entropy_with_grad_ the loss, the gradient written over the input (inplace=True)
+#   cross_entropy_backward   d input recomputed from the logits (autograd of the loss-only op)
+#   nll_loss, nll_loss_backward, softmax, softmax_backward, log_softmax, log_softmax_backward
+
+_CE_SCHEMA = ("Tensor target, Tensor? weight, int ignore_index, str reduction, "
+              "float label_smoothing, float z_loss, float? softcap")
+_NLL_SCHEMA = "Tensor target, Tensor? weight, int ignore_index, str reduction"
+_DEVICES = ("cpu", "cuda")
+# The operators allocate through CuPy and may copy small host values on a CUDA call, which
+# a CUDA-graph capture does not allow: the tag makes inductor's mode="reduce-overhead" run
+# them outside its CUDA graphs.
+_TAGS = tuple(tag for tag in (getattr(torch.Tag, "cudagraph_unsafe", None),) if tag)
+
+
+def _op(name, schema, mutates_args=()):
+    def register(fn):
+        return torch.library.custom_op(f"fusedce::{name}", fn, mutates_args=mutates_args,
+                                       device_types=_DEVICES, schema=schema, tags=_TAGS)
+    return register
+
+
+def _ce_options(opts):
+    """The operators' trailing arguments from `_loss_options`' dict, in schema order."""
+    return (opts["ignore_index"], opts["reduction"], opts["label_smoothing"],
+            opts.get("z_loss", 0.0), opts.get("softcap"))
+
+
+def _loss_shape(input, reduction):
+    return tuple(input.shape[:1]) + tuple(input.shape[2:]) if reduction == "none" else ()
+
+
+def _ce_arrays(io, input, target, weight):
+    x = io.array(input)
+    if target.is_floating_point():
+        # a probability target travels in the dtype of the logits' array (float32 for
+        # bfloat16 on the CPU, which NumPy cannot hold)
+        t = io.array(target, dtype=io.array_dtype(input.dtype))
+    else:
+        t = io.array(target)
+    w = None if weight is None else io.array(weight, dtype=_compute_dtype(input.dtype))
+    return x, t, w
+
+
+def _ce_kwargs(w, ignore_index, reduction, label_smoothing, z_loss, softcap):
+    return dict(weight=w, axis=1, ignore_index=ignore_index, reduction=reduction,
+                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
+
+
+def _result(t, like):
+    """An operator's result: in `like`'s dtype, contiguous, as the fake functions say."""
+    return t.to(like.dtype).contiguous()
+
+
+@_op("cross_entropy", f"(Tensor input, {_CE_SCHEMA}) -> Tensor")
+def _ce_op(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
+    with _arrays_for(input) as io:
+        x, t, w = _ce_arrays(io, input, target, weight)
+        loss = _fc.cross_entropy(x, t, **_ce_kwargs(w, ignore_index, reduction,
+                                                     label_smoothing, z_loss, softcap))
+        return _result(io.tensor(loss), input)
+
+
+@_op("cross_entropy_with_grad", f"(Tensor input, {_CE_SCHEMA}) -> (Tensor, Tensor)")
+def _ce_with_grad_op(input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                     softcap):
+    with _arrays_for(input) as io:
+        x, t, w = _ce_arrays(io, input, target, weight)
+        loss, grad = _fc.cross_entropy_with_grad(
+            x, t, **_ce_kwargs(w, ignore_index, reduction, label_smoothing, z_loss, softcap))
+        return _result(io.tensor(loss), input), _result(io.tensor(grad), input)
+
+
+@_op("cross_entropy_with_grad_", f"(Tensor(a!) input, {_CE_SCHEMA}) -> Tensor",
+     mutates_args=("input",))
+def _ce_with_grad_inplace_op(input, target, weight, ignore_index, reduction, label_smoothing,
+                             z_loss, softcap):
+    kw = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+              z_loss=z_loss, softcap=softcap)
+    with _arrays_for(input) as io:
+        x, t, w = _ce_arrays(io, input, target, weight)
+        if input.dtype == torch.bfloat16:
+            # compute out of place (x is a float32 copy on the CPU), round into the input
+            loss, grad = _fc.cross_entropy_with_grad(x, t, **_ce_kwargs(w, **kw))
+            input.copy_(io.tensor(grad).reshape(input.shape))
+        else:
+            loss, grad = _fc.cross_entropy_with_grad(x, t, inplace=True,
+                                                     **_ce_kwargs(w, **kw))
+            io.write_back(input, grad)  # a no-op unless fusedce had to work on a copy
+        return _result(io.tensor(loss), input)
+
+
+@_op("cross_entropy_backward", f"(Tensor grad_loss, Tensor input, {_CE_SCHEMA}) -> Tensor")
+def _ce_backward_op(grad_loss, input, target, weight, ignore_index, reduction,
+                    label_smoothing, z_loss, softcap):
+    with _arrays_for(input) as io:
+        x, t, w = _ce_arrays(io, input, target, weight)
+        g = io.array(grad_loss, dtype=_compute_dtype(input.dtype))
+        dx = _fc.cross_entropy_backward(g, x, t, **_ce_kwargs(w, ignore_index, reduction,
+                                                              label_smoothing, z_loss,
+                                                              softcap))
+        return _result(io.tensor(dx), input)
+
+
+@_ce_op.register_fake
+def _(input, target, weight, ignore_index, reduction, *_):
+    return input.new_empty(_loss_shape(input, reduction))
+
+
+@_ce_with_grad_op.register_fake
+def _(input, target, weight, ignore_index, reduction, *_):
+    return (input.new_empty(_loss_shape(input, reduction)),
+            torch.empty_like(input, memory_format=torch.contiguous_format))
+
+
+@_ce_with_grad_inplace_op.register_fake
+def _(input, target, weight, ignore_index, reduction, *_):
+    return input.new_empty(_loss_shape(input, reduction))
+
+
+@_ce_backward_op.register_fake
+def _(grad_loss, input, *_):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def _times_upstream(g, grad_loss, reduction):
+    """d loss / d input = the per-loss gradient `g` times the upstream gradient. An upstream
+    gradient of exactly 1 (the usual `loss.backward()`) hands `g` over as it is, without a
+    pass over N x C; when tracing, the values are unknown and the product is the graph."""
+    if _eager(grad_loss) and _is_unit(grad_loss):
+        return g
+    scale = grad_loss.to(g.dtype)
+    if reduction == "none":  # one factor per row, the classes at dim 1
+        scale = scale.unsqueeze(1)
+    return g * scale
+
+
+def _probability_target_grad(input, target, weight, grad_loss, reduction, label_smoothing,
+                             softcap):
+    """d loss / d q_c = -(1 - eps) w_c log_softmax(x)_c per row, times the reduction factor.
+
+    Plain PyTorch ops: a gradient with respect to soft targets is rare enough that it is not
+    worth a kernel.
+    """
+    x = input.to(_compute_dtype(input.dtype))
+    if softcap is not None:  # the loss sees the capped logits
+        x = softcap * torch.tanh(x / softcap)
+    g = -(1.0 - label_smoothing) * torch.log_softmax(x, dim=1)
+    if weight is not None:
+        shape = [1] * g.dim()
+        shape[1] = -1
+        g = g * weight.to(g.dtype).reshape(shape)
+    if reduction == "none":
+        scale = grad_loss.unsqueeze(1)
+    elif reduction == "mean":  # an empty batch has an empty gradient: any divisor will do
+        scale = grad_loss / max(x.numel() // max(x.shape[1], 1), 1)
+    else:
+        scale = grad_loss
+    return (g * scale.to(g.dtype)).to(target.dtype)
+
+
+def _ce_setup(ctx, inputs, output, fused):
+    input, target, weight, _, reduction, label_smoothing, _, softcap = inputs
+    ctx.set_materialize_grads(False)
+    ctx.options = inputs[3:]
+    ctx.reduction, ctx.label_smoothing, ctx.softcap = reduction, label_smoothing, softcap
+    ctx.target_grad = bool(ctx.needs_input_grad[1]) and target.is_floating_point()
+    keep = ctx.target_grad or (ctx.needs_input_grad[0] and not fused)
+    saved = [input, target, weight] if keep else [None, None, None]
+    if fused:
+        # design (b): the gradient the forward computed is all the backward needs
+        ctx.mark_non_differentiable(output[1])
+        saved.append(output[1] if ctx.needs_input_grad[0] else None)
+    ctx.save_for_backward(*saved)
+
+
+@torch.autograd.function.once_differentiable
+def _ce_backward(ctx, grad_loss, *_):
+    grad_input = grad_target = None
+    if grad_loss is not None:
+        input, target, weight, *grad = ctx.saved_tensors
+        if ctx.needs_input_grad[0]:
+            if grad:  # cross_entropy_with_grad: the gradient was computed in the forward
+                grad_input = _times_upstream(grad[0], grad_loss, ctx.reduction)
+            else:
+                grad_input = torch.ops.fusedce.cross_entropy_backward(grad_loss, input, target,
+                                                                      weight, *ctx.options)
+        if ctx.target_grad:
+            grad_target = _probability_target_grad(input, target, weight, grad_loss,
+                                                   ctx.reduction, ctx.label_smoothing,
+                                                   ctx.softcap)
+    return (grad_input, grad_target) + (None,) * 6
+
+
+_ce_op.register_autograd(_ce_backward, setup_context=lambda ctx, inputs, output: _ce_setup(
+    ctx, inputs, output, fused=False))
+_ce_with_grad_op.register_autograd(_ce_backward, setup_context=lambda ctx, inputs, output:
+                                   _ce_setup(ctx, inputs, output, fused=True))
+
+
+@_op("nll_loss", f"(Tensor input, {_NLL_SCHEMA}) -> Tensor")
+def _nll_op(input, target, weight, ignore_index, reduction):
+    with _arrays_for(input) as io:
+        w = None if weight is None else io.array(weight, dtype=_compute_dtype(input.dtype))
+        loss = _fc.nll_loss(io.array(input), io.array(target), weight=w, axis=1,
+                            ignore_index=ignore_index, reduction=reduction)
+        return _result(io.tensor(loss), input)
+
+
+@_op("nll_loss_backward", f"(Tensor grad_loss, Tensor input, {_NLL_SCHEMA}) -> Tensor")
+def _nll_backward_op(grad_loss, input, target, weight, ignore_index, reduction):
+    cdt = _compute_dtype(input.dtype)
+    with _arrays_for(input) as io:
+        w = None if weight is None else io.array(weight, dtype=cdt)
+        dx = _fc.nll_loss_backward(io.array(grad_loss, dtype=cdt), io.array(input),
+                                   io.array(target), weight=w, axis=1,
+                                   ignore_index=ignore_index, reduction=reduction)
+        return _result(io.tensor(dx), input)
+
+
+@_nll_op.register_fake
+def _(input, target, weight, ignore_index, reduction):
+    return input.new_empty(_loss_shape(input, reduction))
+
+
+@_nll_backward_op.register_fake
+def _(grad_loss, input, *_):
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def _nll_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.options = inputs[3:]
+    ctx.save_for_backward(*inputs[:3])
+
+
+@torch.autograd.function.once_differentiable
+def _nll_backward(ctx, grad_loss):
+    if grad_loss is None or not ctx.needs_input_grad[0]:
+        return (None,) * 5
+    input, target, weight = ctx.saved_tensors
+    dx = torch.ops.fusedce.nll_loss_backward(grad_loss, input, target, weight, *ctx.options)
+    return (dx,) + (None,) * 4
+
+
+_nll_op.register_autograd(_nll_backward, setup_context=_nll_setup)
+
+
+def _softmax_ops(log):
+    name = "log_softmax" if log else "softmax"
+    forward = _fc.log_softmax if log else _fc.softmax
+    backward = _fc.log_softmax_backward if log else _fc.softmax_backward
+
+    @_op(name, "(Tensor input, int dim) -> Tensor")
+    def op(input, dim):
+        with _arrays_for(input) as io:
+            return _result(io.tensor(forward(io.array(input), axis=dim)), input)
+
+    @_op(f"{name}_backward", "(Tensor grad, Tensor output, int dim) -> Tensor")
+    def backward_op(grad, output, dim):
+        with _arrays_for(output) as io:
+            y = io.array(output)
+            dx = backward(io.array(grad, dtype=output.dtype), y, axis=dim)
+            return _result(io.tensor(dx), output)
+
+    @op.register_fake
+    def _(input, dim):
+        return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+    @backward_op.register_fake
+    def _(grad, output, dim):
+        return torch.empty_like(output, memory_format=torch.contiguous_format)
+
+    def setup(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        ctx.dim = inputs[1]
+        ctx.save_for_backward(output)
+
+    @torch.autograd.function.once_differentiable
+    def autograd_backward(ctx, grad):
+        if grad is None:
+            return None, None
+        (y,) = ctx.saved_tensors
+        return backward_op(grad, y, ctx.dim), None
+
+    op.register_autograd(autograd_backward, setup_context=setup)
+    return op, backward_op
+
+
+_softmax_op, _softmax_backward_op = _softmax_ops(log=False)
+_log_softmax_op, _log_softmax_backward_op = _softmax_ops(log=True)
+
+
 # ------------------------------------------------------------------------------------------
 # cross_entropy
 # ------------------------------------------------------------------------------------------
@@ -236,9 +569,9 @@ def _is_unit(g):
 # 65536 x 10: 1.2 ms / 3.1 ms; 4096 x 1000: 5.3 / 6.0 ms; 8192 x 32000: 328 / 452 ms. It holds one
 # N x C buffer from the forward to the backward, as (a) holds the logits; the logits
 # themselves are not saved, so when nothing else needs them they are freed before the
-# backward runs. (When the logits are a leaf tensor, PyTorch's gradient accumulation copies
-# the gradient we return, because we still hold it for a possible second backward; logits
-# that come out of a layer, the normal case, hand it to that layer's backward uncopied.)
+# backward runs. The saved gradient is released as the backward runs, so the one we return
+# goes on uncopied, into a leaf's .grad too; with retain_graph=True it must stay intact for
+# the next backward, and gradient accumulation into a leaf then copies it.
 # Two guards keep (b) honest:
 #  - when no gradient is wanted (torch.no_grad(), evaluation, an input that does not require
 #    grad) the forward computes the loss alone, never the N x C gradient;
@@ -263,65 +596,46 @@ def _is_unit(g):
 # and reshapes inside. Other views (slices, transposes) raise; pass a contiguous tensor.
 # A leaf tensor that requires grad cannot be overwritten at all (PyTorch's rule); we check
 # it before writing anything.
+#
+# The same two guards hold under torch.compile and torch.export, where the same operators
+# run. The wrapper picks fusedce::cross_entropy (loss only) or
+# fusedce::cross_entropy_with_grad (loss and gradient, the gradient saved for the backward
+# as a non-differentiable output) from `torch.is_grad_enabled() and input.requires_grad`,
+# which the compiler knows while tracing and guards on. While tracing, the upstream
+# gradient's value is unknown, so a compiled backward always multiplies the saved gradient
+# by it (one pass over N x C, which the compiler may fuse with what follows); eager keeps
+# the shortcut for an upstream of exactly 1.
+#
+# inplace=True with a gradient to compute is eager only. The operator that overwrites its
+# input (fusedce::cross_entropy_with_grad_, declared as mutating it) exists and is what
+# eager runs, inside the autograd Function below, but the promises of inplace (no N x C
+# buffer, the input's version bumped so that stale uses raise) are about eager autograd:
+# under torch.compile the graph is made functional, the "overwritten" logits would silently
+# keep their old values for every other use, and PyTorch cannot register a derivative for
+# a mutating operator. So cross_entropy(inplace=True) raises under torch.compile when a
+# gradient is wanted (with fullgraph=True the error reaches the caller; otherwise Dynamo
+# runs that call eagerly, a graph break); a compiled graph plans its own buffers anyway.
 
 
-class _CrossEntropy(torch.autograd.Function):
+class _CrossEntropyInplace(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, target, weight, opts, inplace, shape):
+    def forward(ctx, input, target, weight, options, shape):
         # `shape`: when not None, `input` is the base of a reshape view and `shape` the
-        # view's shape, which is what the loss is computed on (inplace only).
+        # view's shape, which is what the loss is computed on.
         ctx.set_materialize_grads(False)
         logits = input if shape is None else input.view(shape)
         x_t, t_t, unbatched = _batched(logits, target)
-        index_target = not t_t.is_floating_point()
-        want_grad = ctx.needs_input_grad[0]
-        ctx.unbatched = unbatched
+        loss = torch.ops.fusedce.cross_entropy_with_grad_(x_t, t_t, weight, *options)
+        if unbatched and options[1] == "none":
+            loss = loss.reshape(())
+        ctx.reduction = options[1]
         ctx.view_shape = shape
-        ctx.reduction = opts["reduction"]
         ctx.spent = False
-        ctx.inplace = inplace and want_grad
-        ctx.target_grad = bool(ctx.needs_input_grad[1]) and not index_target
-        ctx.label_smoothing = opts["label_smoothing"]
-        ctx.softcap = opts.get("softcap")
-        cdt = _compute_dtype(input.dtype)
-        with _arrays_for(input) as io:
-            x = io.array(x_t)
-            # a probability target travels in the dtype of the logits' array (float32 for
-            # bfloat16 on the CPU, which NumPy cannot hold)
-            t = io.array(t_t) if index_target else io.array(t_t, dtype=io.array_dtype(x_t.dtype))
-            w = None if weight is None else io.array(weight, dtype=cdt)
-            kw = dict(weight=w, axis=1, **opts)
-            if not want_grad:
-                loss = _fc.cross_entropy(x, t, **kw)
-                grad = None
-            elif ctx.inplace and input.dtype != torch.bfloat16:
-                loss, grad = _fc.cross_entropy_with_grad(x, t, inplace=True, **kw)
-                io.write_back(x_t, grad)  # a no-op unless fusedce had to work on a copy
-            else:
-                loss, grad = _fc.cross_entropy_with_grad(x, t, **kw)
-            loss_t = io.tensor(loss)
-            grad_t = None if grad is None else io.tensor(grad)
-        if grad_t is not None and grad_t.dtype != input.dtype:
-            grad_t = grad_t.to(input.dtype)
-        if unbatched and opts["reduction"] == "none":
-            loss_t = loss_t.reshape(())
-        loss_t = loss_t.to(input.dtype)
-        ctx.grad = None
-        if ctx.inplace:
-            if input.dtype == torch.bfloat16:
-                x_t.copy_(grad_t.reshape(x_t.shape))
-            ctx.mark_dirty(input)
-            # Saved as an output: if anyone overwrites it before the backward, the
-            # backward's unpacking raises (version counter) instead of using stale values.
-            ctx.save_for_backward(input)
-            return loss_t, input
-        if ctx.target_grad:
-            # d loss / d q is not fused (rarely wanted): recomputed from the logits in backward.
-            ctx.save_for_backward(input, t_t, weight)
-        if grad_t is not None and unbatched:
-            grad_t = grad_t.reshape(logits.shape)
-        ctx.grad = grad_t
-        return loss_t
+        ctx.mark_dirty(input)
+        # Saved as an output: if anyone overwrites it before the backward, the backward's
+        # unpacking raises (version counter) instead of using stale values.
+        ctx.save_for_backward(input)
+        return loss, input
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -331,64 +645,23 @@ class _CrossEntropy(torch.autograd.Function):
                 "fusedce.torch.cross_entropy(inplace=True) overwrote its input with the "
                 "gradient, and something differentiated through that tensor afterwards; use "
                 "inplace=False when the logits are needed after the loss")
-        grad_input = grad_target = None
-        if grad_loss is None:
-            return None, None, None, None, None, None
-        if ctx.needs_input_grad[0]:
-            if ctx.inplace:
-                if ctx.spent:
-                    raise RuntimeError(
-                        "fusedce.torch.cross_entropy(inplace=True): the gradient stored in "
-                        "the input was already scaled in place by an earlier backward with "
-                        "an upstream gradient other than 1; a second backward through it "
-                        "(retain_graph=True, gradcheck) needs inplace=False")
-                g = ctx.saved_tensors[0].detach()
-            else:
-                g = ctx.grad
-            if _is_unit(grad_loss):
-                grad_input = g
-            else:
-                scale = grad_loss.to(g.dtype)
-                if scale.dim() > 0:  # reduction "none": one factor per row, classes at dim 1
-                    scale = scale.unsqueeze(1)
-                if ctx.inplace:  # scale where it lies: no N x C buffer, as promised
-                    (g if ctx.view_shape is None else g.view(ctx.view_shape)).mul_(scale)
-                    ctx.spent = True
-                    grad_input = g
-                else:  # keep the saved gradient intact for a later backward
-                    grad_input = g * scale
-        if ctx.target_grad:
-            grad_target = _probability_target_grad(ctx, grad_loss)
-        return grad_input, grad_target, None, None, None, None
-
-
-def _probability_target_grad(ctx, grad_loss):
-    """d loss / d q_c = -(1 - eps) w_c log_softmax(x)_c per row, times the reduction factor.
-
-    Plain PyTorch ops: a gradient with respect to soft targets is rare enough that it is not
-    worth a kernel.
-    """
-    input, target, weight = ctx.saved_tensors
-    x, q, _ = _batched(input, target)
-    eps = ctx.label_smoothing
-    x = x.to(_compute_dtype(x.dtype))
-    if ctx.softcap is not None:  # the loss sees the capped logits
-        x = ctx.softcap * torch.tanh(x / ctx.softcap)
-    logp = torch.log_softmax(x, dim=1)
-    g = -(1.0 - eps) * logp
-    if weight is not None:
-        shape = [1] * g.dim()
-        shape[1] = -1
-        g = g * weight.to(g.dtype).reshape(shape)
-    if ctx.reduction == "none":
-        scale = grad_loss.reshape(x.shape[:1] + x.shape[2:]).unsqueeze(1)
-    elif ctx.reduction == "mean":
-        rows = x.numel() // max(x.shape[1], 1)
-        scale = grad_loss / rows if rows else grad_loss * 0
-    else:
-        scale = grad_loss
-    g = (g * scale.to(g.dtype)).to(target.dtype)
-    return g.reshape(target.shape)
+        if grad_loss is None or not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        if ctx.spent:
+            raise RuntimeError(
+                "fusedce.torch.cross_entropy(inplace=True): the gradient stored in "
+                "the input was already scaled in place by an earlier backward with "
+                "an upstream gradient other than 1; a second backward through it "
+                "(retain_graph=True, gradcheck) needs inplace=False")
+        g = ctx.saved_tensors[0].detach()
+        if not _is_unit(grad_loss):
+            scale = grad_loss.to(g.dtype)
+            if scale.dim() > 0:  # reduction "none": one factor per row, classes at dim 1
+                scale = scale.unsqueeze(1)
+            # scale where it lies: no N x C buffer, as promised
+            (g if ctx.view_shape is None else g.view(ctx.view_shape)).mul_(scale)
+            ctx.spent = True
+        return g, None, None, None, None
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
@@ -420,6 +693,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             node needed the old values. A view is accepted only when it reshapes a whole
             contiguous tensor (``logits.view(-1, C)``). Without a gradient to compute
             (``torch.no_grad()``, input not requiring grad) the input is left untouched.
+            Eager mode only: under ``torch.compile`` / ``torch.export`` it raises when a
+            gradient is wanted.
 
     Returns:
         The loss in the input's dtype: a 0-d tensor, or per-row losses for ``"none"``.
@@ -430,7 +705,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             negative or not finite, softcap not a finite positive number, tensors on
             different devices, an unusable view with ``inplace=True``.
         IndexError: a class index outside ``[0, C)`` that is not ``ignore_index`` (CPU).
-        RuntimeError: ``inplace=True`` on a leaf tensor that requires grad.
+        RuntimeError: ``inplace=True`` on a leaf tensor that requires grad, or under
+            ``torch.compile`` with a gradient to compute.
 
     >>> import torch, fusedce.torch as ft
     >>> x = torch.tensor([[3.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
@@ -445,9 +721,17 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     _check_same_device(input, target=target, weight=weight)
     opts = _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss=z_loss,
                          softcap=softcap)
+    options = _ce_options(opts)
     shape = None
     arg = input
-    if inplace and input.requires_grad and torch.is_grad_enabled():
+    want_grad = torch.is_grad_enabled() and input.requires_grad
+    if inplace and want_grad:
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                "cross_entropy(inplace=True) is not supported under torch.compile or "
+                "torch.export when a gradient is wanted (the compiler cannot keep its "
+                "promise of overwriting the input); use inplace=False there: the compiled "
+                "graph plans its own buffers")
         if input.is_leaf:
             raise RuntimeError(
                 "cross_entropy(inplace=True): input is a leaf tensor that requires grad and "
@@ -469,14 +753,17 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     if inplace and target.requires_grad and target.is_floating_point():
         raise ValueError("cross_entropy(inplace=True) cannot also differentiate with respect "
                          "to a probability target (the logits it needs are overwritten)")
-    if inplace:
-        out = _CrossEntropyInplace.apply(arg, target, weight, opts, True, shape)
-        return out[0] if isinstance(out, tuple) else out
-    return _CrossEntropy.apply(arg, target, weight, opts, False, None)
-
-
-class _CrossEntropyInplace(_CrossEntropy):
-    """The same Function under its own name, so that graphs show which variant ran."""
+    if inplace and want_grad:
+        loss, _ = _CrossEntropyInplace.apply(arg, target, weight, options, shape)
+        return loss
+    x, t, unbatched = _batched(input, target)
+    if want_grad:  # the gradient in the same pass, saved for the backward: design (b)
+        loss, _ = torch.ops.fusedce.cross_entropy_with_grad(x, t, weight, *options)
+    else:  # no N x C gradient when none is wanted
+        loss = torch.ops.fusedce.cross_entropy(x, t, weight, *options)
+    if unbatched and opts["reduction"] == "none":
+        loss = loss.reshape(())
+    return loss
 
 
 class CrossEntropyLoss(torch.nn.Module):
@@ -516,43 +803,11 @@ class CrossEntropyLoss(torch.nn.Module):
                 f"label_smoothing={self.label_smoothing}, inplace={self.inplace}{extra}")
 
 
+
+
 # ------------------------------------------------------------------------------------------
 # nll_loss
 # ------------------------------------------------------------------------------------------
-
-
-class _NLLLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, target, weight, opts):
-        ctx.set_materialize_grads(False)
-        x_t, t_t, unbatched = _batched(input, target)
-        cdt = _compute_dtype(input.dtype)
-        with _arrays_for(input) as io:
-            x, t = io.array(x_t), io.array(t_t)
-            w = None if weight is None else io.array(weight, dtype=cdt)
-            loss = io.tensor(_fc.nll_loss(x, t, weight=w, axis=1, **opts))
-        if unbatched and opts["reduction"] == "none":
-            loss = loss.reshape(())
-        ctx.opts, ctx.unbatched = opts, unbatched
-        ctx.save_for_backward(input, target, weight)
-        return loss.to(input.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss):
-        if grad_loss is None or not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        input, target, weight = ctx.saved_tensors
-        x_t, t_t, unbatched = _batched(input, target)
-        cdt = _compute_dtype(input.dtype)
-        if unbatched and grad_loss.dim() == 0 and ctx.opts["reduction"] == "none":
-            grad_loss = grad_loss.reshape(1)
-        with _arrays_for(input) as io:
-            x, t = io.array(x_t), io.array(t_t)
-            w = None if weight is None else io.array(weight, dtype=cdt)
-            g = io.array(grad_loss, dtype=cdt)
-            dx = io.tensor(_fc.nll_loss_backward(g, x, t, weight=w, axis=1, **ctx.opts))
-        return dx.to(input.dtype).reshape(input.shape), None, None, None
 
 
 def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
@@ -584,37 +839,16 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
         raise TypeError("target must hold class indices (int64 or int32) for nll_loss")
     _check_same_device(input, target=target, weight=weight)
     opts = _loss_options(weight, ignore_index, reduction, 0.0)
-    del opts["label_smoothing"]
-    return _NLLLoss.apply(input, target, weight, opts)
+    x, t, unbatched = _batched(input, target)
+    loss = torch.ops.fusedce.nll_loss(x, t, weight, opts["ignore_index"], opts["reduction"])
+    if unbatched and opts["reduction"] == "none":
+        loss = loss.reshape(())
+    return loss
 
 
 # ------------------------------------------------------------------------------------------
 # softmax / log_softmax
 # ------------------------------------------------------------------------------------------
-
-
-class _Softmax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, dim, log):
-        ctx.set_materialize_grads(False)
-        with _arrays_for(input) as io:
-            y = io.tensor((_fc.log_softmax if log else _fc.softmax)(io.array(input), axis=dim))
-        y = y.to(input.dtype)
-        ctx.dim, ctx.log = dim, log
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        if grad is None:
-            return None, None, None
-        (y,) = ctx.saved_tensors
-        with _arrays_for(y) as io:
-            fn = _fc.log_softmax_backward if ctx.log else _fc.softmax_backward
-            yy = io.array(y)
-            dx = io.tensor(fn(io.array(grad, dtype=y.dtype), yy, axis=ctx.dim))
-        return dx.to(y.dtype), None, None
 
 
 def _softmax_args(input, dim, dtype, name):
@@ -649,7 +883,7 @@ def softmax(input, dim, dtype=None):
             [0.2689, 0.7311]])
     """
     input, d = _softmax_args(input, dim, dtype, "softmax")
-    return _Softmax.apply(input, d, False)
+    return torch.ops.fusedce.softmax(input, d)
 
 
 def log_softmax(input, dim, dtype=None):
@@ -662,4 +896,4 @@ def log_softmax(input, dim, dtype=None):
     tensor([[-1.3863, -1.3863, -1.3863, -1.3863]])
     """
     input, d = _softmax_args(input, dim, dtype, "log_softmax")
-    return _Softmax.apply(input, d, True)
+    return torch.ops.fusedce.log_softmax(input, d)
