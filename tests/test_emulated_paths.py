@@ -7,8 +7,9 @@ beyond. `expected_row_kernel` below restates that choice independently; each cas
 ops that share the row kernel (forward with lse/argmax, fused forward+backward with out= and
 in place, backward from a saved lse, probability targets, softmax, log_softmax, unvalidated
 out-of-range targets) on aligned and misaligned rows, checks them against the NumPy
-reference, and checks that the kernel the model logged is the expected one. The other
-kernels (softmax backward, nll, mse) get the same treatment. `test_every_path_is_reached`
+reference, and checks that the kernel the model logged is the expected one; each case runs
+again with z_loss and softcap (the cross-entropy ops only). The other kernels (softmax
+backward, nll, mse) get the same treatment. `test_every_path_is_reached`
 lists the paths reached and fails if one is missing.
 
 Device 0 is an sm_90 with 132 SMs, device 1 an sm_80, device 2 an sm_90 with one SM, where
@@ -226,6 +227,91 @@ def test_row_kernel_path(dtype, C, device, N):
         bad[-1] = C + 5
         ul = fe.cross_entropy(x, bad, reduction="none", validate_targets=False)
         assert np.isnan(ul[-1]) and np.all(np.isfinite(ul[:-1]))
+
+
+# z-loss and soft-capping on each row-kernel path: both (the cap loose, or tight), or the cap alone
+LM_OPTIONS = [dict(z_loss=1e-3, softcap=15.0), dict(z_loss=0.0, softcap=4.0), dict(z_loss=0.02, softcap=30.0)]
+LM_IDS = [f"{d}-C{C}-dev{dev}-N{N}" for d, C, dev, N in row_cases()]
+
+
+@pytest.mark.parametrize("i", range(len(row_cases())), ids=LM_IDS)
+def test_row_kernel_path_lm_options(i):
+    """The row kernels with z_loss and softcap: forward, fused with out= and in place, backward
+    from the (capped) lse, probability targets, an unvalidated out-of-range target. The cap
+    must make -inf logits finite (a masked class per row, and an all -inf row) and leave the
+    argmax of the logits as given (the last row holds two logits that cap to the same value)."""
+    dtype, C, device, N = row_cases()[i]
+    x, t, rng = make_case(dtype, C, N, seed=C + N + 1)
+    plain = x.copy()
+    lm = LM_OPTIONS[i % len(LM_OPTIONS)]
+    big = C * N > 200_000
+    x[-1, 0], x[-1, C // 2], x[-1, C - 1] = 3e4, -5e4, 6e4  # large |x|: 3e4 and 6e4 cap alike
+    if N >= 2:
+        x[1 if N >= 3 else 0, :] = -np.inf  # capped to -softcap: a finite row (row 0 is ignored)
+    x64 = x.astype(np.float64)
+    opts = dict(reduction="none", **lm)
+    if i % 2 == 0:
+        w = rng.uniform(0.5, 1.5, C).astype(np.float64 if dtype == "float64" else np.float32)
+        opts.update(weight=w, label_smoothing=0.1)
+    kernel = expected_row_kernel(dtype, C, device)
+    g = rng.uniform(0.5, 1.5, N).astype(np.float64 if dtype == "float64" else np.float32)
+    with fe.device(device):
+        fe.clear_launch_log()
+        want_loss, want_lse, want_am = ref.cross_entropy(x64, t, return_lse=True, return_argmax=True, **opts)
+        assert np.all(np.isfinite(want_loss)) and want_am[-1] == C - 1
+        want_grad = ref.cross_entropy_backward(g, x64, t, **opts)
+        scale = float(np.abs(want_grad).max())
+
+        out = np.empty_like(x)
+        gl, grad, lse, am = fe.cross_entropy_with_grad(x, t, grad_loss=g, out=out, return_lse=True,
+                                                       return_argmax=True, **opts)
+        assert grad is out
+        loss_close(gl, want_loss, dtype, "fused loss", C)
+        loss_close(lse, want_lse, dtype, "fused lse", C)
+        np.testing.assert_array_equal(am, want_am)
+        close(grad, want_grad, dtype, "fused grad", scale)
+        assert np.all(np.isfinite(grad.astype(np.float64)))
+
+        back = fe.cross_entropy_backward(g, x, t, lse=lse, **opts)
+        close(back, want_grad, dtype, "backward from the capped lse", scale)
+        assert launched() == {kernel}
+        if big:
+            return
+
+        loss, lse_f, am_f = fe.cross_entropy(x, t, return_lse=True, return_argmax=True, **opts)
+        loss_close(loss, want_loss, dtype, "loss", C)
+        np.testing.assert_array_equal(lse_f, lse)
+        np.testing.assert_array_equal(am_f, want_am)
+
+        inplace = x.copy()
+        _, res = fe.cross_entropy_with_grad(inplace, t, grad_loss=g, inplace=True, **opts)
+        assert res is inplace
+        np.testing.assert_array_equal(inplace, grad)
+
+        # probability targets on misaligned rows: every row counted, -inf logits capped
+        shifted = np.empty((N, C + 1), x.dtype)[:, 1:]
+        shifted[...] = x
+        q = rng.dirichlet(np.ones(C), N).astype(x.dtype)
+        pl, pg = fe.cross_entropy_with_grad(shifted, q, grad_loss=g, **opts)
+        wpl, wpg = ref.cross_entropy_with_grad(x64, q.astype(np.float64), grad_loss=g, **opts)
+        loss_close(pl, wpl, dtype, "probability-target loss", C)
+        close(pg, wpg, dtype, "probability-target grad")
+
+        # the z-loss alone, uncapped (and without the large logits)
+        zo = dict(opts, z_loss=0.01, softcap=None)
+        zl, zg = fe.cross_entropy_with_grad(plain, t, grad_loss=g, **zo)
+        wzl, wzg = ref.cross_entropy_with_grad(plain.astype(np.float64), t, grad_loss=g, **zo)
+        loss_close(zl, wzl, dtype, "z-loss loss", C)
+        close(zg, wzg, dtype, "z-loss grad")
+        assert launched() == {kernel}
+
+        # unvalidated out-of-range target: a NaN row, the others as before
+        bad = t.copy()
+        bad[-1] = C + 5
+        ul, ug = fe.cross_entropy_with_grad(x, bad, grad_loss=g, validate_targets=False, **opts)
+        assert np.isnan(ul[-1]) and np.all(np.isnan(ug[-1].astype(np.float64)))
+        np.testing.assert_array_equal(ul[:-1], gl[:-1])
+        np.testing.assert_array_equal(ug[:-1], grad[:-1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -15,6 +15,22 @@
 //     dx_c   = g ( p_c S - w_c q'_c )
 //   softmax  y_c = exp(x_c - m) / s         log_softmax  y_c = (x_c - m) - log s
 //
+// z-loss (coefficient z, LossOptions::z_loss): every counted row (an index row whose target is
+// valid and not ignored; every probability row) adds z lse^2 to its loss and so 2 z lse p_c to
+// its gradient, i.e. 2 z lse joins the factor of p_c above:
+//     loss  += z lse^2        dx_c += g 2 z lse p_c
+// Soft-capping (cap k > 0, LossOptions::softcap): every logit is first replaced by
+// x'_c = k tanh(x_c / k), and everything above (m, s, lse, x_t, the sums, the loss, p) is taken
+// of x'. The gradient with respect to x is the one with respect to x', one-hot term included,
+// times dx'_c/dx_c = 1 - tanh^2 = 1 - (x'_c / k)^2. A -inf logit caps to -k (finite: its p_c is
+// not 0, its gradient is, through the factor), +inf to k. lse (written, or given) is the lse of
+// x'; argmax is that of the original x (capping merges large logits). x' is never stored:
+// rows_resident caps float and double rows in their registers, once, after the max pass, and
+// half rows at each of their two later reads of the registers (a float copy of the row would
+// double the registers of every half kernel, the default path's too); rows_streaming caps at
+// each of its two reads of the row. The max of x' is the capped max of x (tanh is increasing),
+// so the max pass reads x as it is.
+//
 // All sums are taken relative to the row max m, so the loss is not the difference of two
 // large numbers. The gradient is formed in the compute type (float for half types) and
 // rounded once: p_t - 1 is never rounded to bf16 before the subtraction.
@@ -24,7 +40,8 @@
 // and the gradient row is NaN. The Python layer can check targets first (one sync) and raise
 // IndexError instead.
 // argmax: the first index of the maximum; a row containing NaN gives its first NaN (numpy).
-// A row of all -inf has lse = -inf and NaN loss / gradient / softmax (PyTorch's values).
+// A row of all -inf has lse = -inf and NaN loss / gradient / softmax (PyTorch's values);
+// soft-capped, it is a row of -k like any other.
 // lse_is_input (backward from a saved lse): m = lse, s = 1, no max/sum pass.
 //
 // Two kernels, both grid-stride over rows with a "team" of threads per row (common.cuh):
@@ -44,6 +61,7 @@
 #pragma once
 
 #include <climits>
+#include <type_traits>
 
 #include "common.cuh"
 #include "core/ops.h"
@@ -74,6 +92,8 @@ struct RowArgs {
   const S* w;
   S eps;
   int64_t ignore;
+  S z_loss;                      // 0: off
+  S softcap, inv_softcap;        // 0: off
   // per-row stats
   S* loss;
   S* lse;
@@ -101,6 +121,23 @@ struct Flags {
 };
 
 enum RowState : int { kNormal = 0, kIgnored = 1, kBadTarget = 2 };
+
+__device__ __forceinline__ float tanh_c(float x) { return tanhf(x); }
+__device__ __forceinline__ double tanh_c(double x) { return tanh(x); }
+
+// x' = k tanh(x / k), the soft-capped logit (a.softcap = k != 0).
+template <typename T>
+__device__ __forceinline__ compute_t<T> capped(const RowArgs<T>& a, compute_t<T> x) {
+  return a.softcap * tanh_c(x * a.inv_softcap);
+}
+
+// dx'/dx = 1 - tanh^2, from the capped logit x'.
+template <typename T>
+__device__ __forceinline__ compute_t<T> cap_slope(const RowArgs<T>& a, compute_t<T> xc) {
+  using S = compute_t<T>;
+  const S u = xc * a.inv_softcap;
+  return S(1) - u * u;
+}
 
 // What a row's target says, read before anything is written.
 template <typename T>
@@ -146,11 +183,15 @@ __device__ __forceinline__ RowPlan<compute_t<T>> finish_row(const RowArgs<T>& a,
   p.one_minus_eps = S(1) - a.eps;
   const S wt = (f.index && t >= 0) ? (a.w ? a.w[t] : S(1)) : S(0);
   const S B = f.smooth ? (a.w ? acc.b : static_cast<S>(a.c)) : S(0);
+  const S lse = m + p.logs;
+  // z-loss, on counted rows only (ignored rows stay 0, bad targets NaN)
+  const bool z_on = a.z_loss != S(0) && (f.prob || (f.index && state == kNormal));
   if (writer) {
     if (f.want_loss) {
       S L;
       if (f.prob) {
         L = acc.b * p.logs - acc.a;
+        if (z_on) L += a.z_loss * lse * lse;
       } else if (state == kIgnored) {
         L = S(0);
       } else if (state == kBadTarget) {
@@ -158,20 +199,22 @@ __device__ __forceinline__ RowPlan<compute_t<T>> finish_row(const RowArgs<T>& a,
       } else {
         L = p.one_minus_eps * wt * (p.logs - acc.t);
         if (f.smooth) L += p.eps_c * (B * p.logs - acc.a);
+        if (z_on) L += a.z_loss * lse * lse;
       }
       a.loss[row] = L;
     }
-    if (a.lse != nullptr && !a.lse_in) a.lse[row] = m + p.logs;
+    if (a.lse != nullptr && !a.lse_in) a.lse[row] = lse;
     if (a.argmax != nullptr) a.argmax[row] = amax;
   }
   // every thread of the team reads g (one cached load); `writer` only gates the stores above
   const S g = (f.ce && a.g != nullptr) ? a.g[a.g_stride * row] : S(1);
+  const S z_grad = z_on ? S(2) * a.z_loss * lse : S(0);  // joins the factor of p_c
   if (f.prob) {
-    p.P = g * acc.b * p.inv_s;
+    p.P = g * (acc.b + z_grad) * p.inv_s;
     p.Tt = S(0);
     p.Wc = g;
   } else {
-    p.P = g * (p.one_minus_eps * wt + (f.smooth ? p.eps_c * B : S(0))) * p.inv_s;
+    p.P = g * (p.one_minus_eps * wt + (f.smooth ? p.eps_c * B : S(0)) + z_grad) * p.inv_s;
     p.Tt = g * p.one_minus_eps * wt;
     p.Wc = g * p.eps_c;
   }
@@ -179,7 +222,9 @@ __device__ __forceinline__ RowPlan<compute_t<T>> finish_row(const RowArgs<T>& a,
 }
 
 // The value written at column c (c < C) of a row: gradient, softmax or log_softmax.
-// qc is the (unsmoothed) probability target at c for probability targets.
+// xv is the logit as the loss sees it (capped when softcap is on), and the gradient is with
+// respect to it: the caller multiplies by cap_slope. qc is the (unsmoothed) probability target
+// at c for probability targets.
 template <typename T>
 __device__ __forceinline__ compute_t<T> row_output(const RowArgs<T>& a, const Flags<T>& f,
                                                    const RowPlan<compute_t<T>>& p, compute_t<T> xv,
@@ -187,17 +232,36 @@ __device__ __forceinline__ compute_t<T> row_output(const RowArgs<T>& a, const Fl
   using S = compute_t<T>;
   if (a.mode == kSoftmax) return exp_shifted(xv, p.m, p.m2) * p.inv_s;
   if (a.mode == kLogSoftmax) return (xv - p.m) - p.logs;
+  S d;
   if (f.prob) {
     const S qq = p.one_minus_eps * qc + p.eps_c;
     const S wq = a.w ? a.w[c] * qq : qq;
-    return exp_shifted(xv, p.m, p.m2) * p.P - p.Wc * wq;
+    d = exp_shifted(xv, p.m, p.m2) * p.P - p.Wc * wq;
+  } else {
+    if (p.state == kIgnored) return S(0);
+    if (p.state == kBadTarget) return quiet_nan<S>();
+    d = exp_shifted(xv, p.m, p.m2) * p.P;
+    if (c == p.t) d -= p.Tt;
+    if (f.smooth) d -= p.Wc * (a.w ? a.w[c] : S(1));
   }
-  if (p.state == kIgnored) return S(0);
-  if (p.state == kBadTarget) return quiet_nan<S>();
-  S d = exp_shifted(xv, p.m, p.m2) * p.P;
-  if (c == p.t) d -= p.Tt;
-  if (f.smooth) d -= p.Wc * (a.w ? a.w[c] : S(1));
   return d;
+}
+
+// Pack j of a row, in the compute type, as the loss sees it: float and double rows were
+// capped in their registers already; half rows are capped here, at each read (valid elements
+// only: the -inf padding must stay -inf).
+template <typename T>
+__device__ __forceinline__ void loss_logits(const RowArgs<T>& a, const Pack<T>& x, int valid,
+                                            compute_t<T> (&xs)[Pack<T>::N]) {
+#pragma unroll
+  for (int k = 0; k < Pack<T>::N; ++k) xs[k] = to_compute(x.v[k]);
+  if constexpr (!std::is_same<T, compute_t<T>>::value) {
+    if (a.softcap != compute_t<T>(0)) {
+#pragma unroll
+      for (int k = 0; k < Pack<T>::N; ++k)
+        if (k < valid) xs[k] = capped(a, xs[k]);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,9 +325,27 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
         m = team.reduce(mm, MaxOp{});
       }
     }
-    if (a.lse_in) m = active ? a.lse[r] : S(0);
-    // a row of all -inf: shift by 0, so s = 0 and lse = -inf (outputs NaN, as PyTorch)
-    else if (m == neg_inf<S>()) m = S(0);
+    if (a.lse_in) {
+      m = active ? a.lse[r] : S(0);  // given: already that of the capped row
+    } else {
+      if (a.softcap != S(0)) m = capped(a, m);
+      // a row of all -inf: shift by 0, so s = 0 and lse = -inf (outputs NaN, as PyTorch)
+      if (m == neg_inf<S>()) m = S(0);
+    }
+    // soft-capping, float and double: the row is capped in its registers, once; after the max
+    // pass, since argmax is that of the original logits
+    if constexpr (std::is_same<T, S>::value) {
+      if (a.softcap != S(0)) {
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+          const int c0 = (j * team.threads() + rank) * VEC;
+          const int valid = active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0;  // padding stays -inf
+#pragma unroll
+          for (int k = 0; k < VEC; ++k)
+            if (k < valid) x[j].v[k] = capped(a, x[j].v[k]);
+        }
+      }
+    }
 
     // 3. the sums, one reduction
     Sum4<S> acc{S(0), S(0), S(0), S(0)};
@@ -274,12 +356,15 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
 #pragma unroll
       for (int j = 0; j < NV; ++j) {
         const int c0 = (j * team.threads() + rank) * VEC;
+        const int valid = active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0;
         Pack<T> qp;
-        if (f.prob) load_pack(qp, qr + c0, active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0, a.vec, zero, false);
+        if (f.prob) load_pack(qp, qr + c0, valid, a.vec, zero, false);
+        S xs[VEC];
+        loss_logits(a, x[j], valid, xs);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const int c = c0 + k;
-          const S xv = to_compute(x[j].v[k]);
+          const S xv = xs[k];
           if (!a.lse_in) acc.s += exp_shifted(xv, m, m2);
           if (c < a.c) {
             if (f.smooth) {
@@ -312,12 +397,20 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
         const int valid = active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0;
         Pack<T> qp;
         if (f.prob) load_pack(qp, qr + c0, valid, a.vec, zero, false);
-        Pack<T> o;
+        S xs[VEC], d[VEC];
+        loss_logits(a, x[j], valid, xs);
 #pragma unroll
         for (int k = 0; k < VEC; ++k) {
           const S qc = f.prob ? to_compute(qp.v[k]) : S(0);
-          o.v[k] = k < valid ? from_compute<T>(row_output(a, f, p, to_compute(x[j].v[k]), c0 + k, qc)) : zero;
+          d[k] = k < valid ? row_output(a, f, p, xs[k], c0 + k, qc) : S(0);
         }
+        if (a.softcap != S(0)) {  // back through the cap (one test per pack)
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) d[k] *= cap_slope(a, xs[k]);
+        }
+        Pack<T> o;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) o.v[k] = k < valid ? from_compute<T>(d[k]) : zero;
         if (valid > 0) store_pack(orow + c0, o, valid, a.vec, true);
       }
     }
@@ -367,6 +460,7 @@ __global__ void __launch_bounds__(BLOCK) rows_streaming(const RowArgs<T> a) {
   const int tid = static_cast<int>(threadIdx.x);
   const S ninf = neg_inf<S>();
   const S eps_c = a.eps / static_cast<S>(a.c);
+  const bool capping = a.softcap != S(0);
 
   for (int64_t row = blockIdx.x; row < a.n; row += gridDim.x) {
     const T* xr = a.x + row * a.x_stride;
@@ -379,8 +473,9 @@ __global__ void __launch_bounds__(BLOCK) rows_streaming(const RowArgs<T> a) {
     Online<S> st{a.lse_in ? fixed_m : ninf, S(0), S(0), S(0)};
     ArgMax<S> best{ninf, INT_MAX};
     for (int c = tid; c < a.c; c += BLOCK) {
-      const S xv = to_compute(xr[c]);
-      if (a.argmax != nullptr) argmax_update(best, xv, c);
+      S xv = to_compute(xr[c]);
+      if (a.argmax != nullptr) argmax_update(best, xv, c);  // of the original logits
+      if (capping) xv = capped(a, xv);
       if (!a.lse_in) {
         if (xv > st.m) online_rescale(st, xv);  // exp(xv - xv) below: NaN for +inf, as PyTorch
         st.s += (xv == ninf) ? S(0) : exp_shifted(xv, st.m, scaled_max(st.m));
@@ -401,7 +496,7 @@ __global__ void __launch_bounds__(BLOCK) rows_streaming(const RowArgs<T> a) {
     }
     // x_t from memory, before any write (the block barriers below order it)
     S tm = S(0);
-    if (t >= 0) tm = to_compute(xr[t]);
+    if (t >= 0) tm = capping ? capped(a, to_compute(xr[t])) : to_compute(xr[t]);
 
     S m = st.m;
     int amax = 0;
@@ -421,7 +516,9 @@ __global__ void __launch_bounds__(BLOCK) rows_streaming(const RowArgs<T> a) {
       T* orow = a.out + row * a.out_stride;
       for (int c = tid; c < a.c; c += BLOCK) {
         const S qc = f.prob ? to_compute(qr[c]) : S(0);
-        orow[c] = from_compute<T>(row_output(a, f, p, to_compute(xr[c]), c, qc));
+        const S xv = capping ? capped(a, to_compute(xr[c])) : to_compute(xr[c]);  // capped again
+        const S d = row_output(a, f, p, xv, c, qc);
+        orow[c] = from_compute<T>(capping ? d * cap_slope(a, xv) : d);
       }
     }
   }
@@ -554,6 +651,11 @@ void run_row_op_typed(RowMode mode, const Rows& x, const Target& target, const L
     a.w = reinterpret_cast<const S*>(opt.weight);
     a.eps = static_cast<S>(opt.label_smoothing);
     a.ignore = opt.ignore_index;
+    a.z_loss = static_cast<S>(opt.z_loss);
+    if (opt.softcap != 0.0) {
+      a.softcap = static_cast<S>(opt.softcap);
+      a.inv_softcap = static_cast<S>(1.0 / opt.softcap);
+    }
     a.loss = reinterpret_cast<S*>(stats.loss);
     a.lse = reinterpret_cast<S*>(stats.lse);
     a.lse_in = stats.lse_is_input && stats.lse != 0;
