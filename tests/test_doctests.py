@@ -13,7 +13,9 @@ import fusedce
 from conftest import MISSING, need
 
 # Modules whose import needs an optional dependency, and that dependency.
-OPTIONAL = {"fusedce.torch": "torch", "fusedce.emulated": "fusedce._emulated"}
+OPTIONAL = {"fusedce.torch": "torch", "fusedce.torch_distributed": "torch",
+            "fusedce._torch_linear": "torch",
+            "fusedce.emulated": "fusedce._emulated"}
 # Never imported here: running it is running the demo.
 EXCLUDED = {"fusedce.__main__"}
 # Doctests that need an optional dependency at run time (not at import).

@@ -29,13 +29,15 @@ from .functional import (
     softmax,
     softmax_backward,
 )
+from .linear import linear_cross_entropy, linear_cross_entropy_with_grad
 
 __version__ = getattr(_core, "__version__", "0.0.0")
 
 __all__ = [
     "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
     "nll_loss", "nll_loss_backward", "cross_entropy", "cross_entropy_backward",
-    "cross_entropy_with_grad", "mse_loss", "mse_loss_backward",
+    "cross_entropy_with_grad", "linear_cross_entropy", "linear_cross_entropy_with_grad",
+    "mse_loss", "mse_loss_backward",
     "set_num_threads", "get_num_threads", "simd_level", "available_simd_levels",
     "set_simd_level", "cuda_available", "show_config", "__version__",
 ]
