@@ -73,16 +73,28 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("stride", &Target::stride);
   py::class_<LossOptions>(m, "LossOptions")
       .def(py::init([](std::uintptr_t weight, int64_t ignore_index, double label_smoothing, double z_loss,
-                       double softcap) {
-             return LossOptions{weight, ignore_index, label_smoothing, z_loss, softcap};
+                       double softcap, int64_t class_offset, int64_t total_classes) {
+             return LossOptions{weight, ignore_index, label_smoothing, z_loss, softcap, class_offset, total_classes};
            }),
            py::arg("weight") = 0, py::arg("ignore_index") = -100, py::arg("label_smoothing") = 0.0,
-           py::arg("z_loss") = 0.0, py::arg("softcap") = 0.0)
+           py::arg("z_loss") = 0.0, py::arg("softcap") = 0.0, py::arg("class_offset") = 0,
+           py::arg("total_classes") = 0)
       .def_readwrite("weight", &LossOptions::weight)
       .def_readwrite("ignore_index", &LossOptions::ignore_index)
       .def_readwrite("label_smoothing", &LossOptions::label_smoothing)
       .def_readwrite("z_loss", &LossOptions::z_loss)
-      .def_readwrite("softcap", &LossOptions::softcap);
+      .def_readwrite("softcap", &LossOptions::softcap)
+      .def_readwrite("class_offset", &LossOptions::class_offset)
+      .def_readwrite("total_classes", &LossOptions::total_classes);
+  py::class_<ShardStats>(m, "ShardStats")
+      .def(py::init([](std::uintptr_t max, std::uintptr_t sum, std::uintptr_t target, std::uintptr_t dot) {
+             return ShardStats{max, sum, target, dot};
+           }),
+           py::arg("max") = 0, py::arg("sum") = 0, py::arg("target") = 0, py::arg("dot") = 0)
+      .def_readwrite("max", &ShardStats::max)
+      .def_readwrite("sum", &ShardStats::sum)
+      .def_readwrite("target", &ShardStats::target)
+      .def_readwrite("dot", &ShardStats::dot);
   py::class_<RowStats>(m, "RowStats")
       .def(py::init([](std::uintptr_t loss, std::uintptr_t lse, bool lse_is_input, std::uintptr_t argmax,
                        std::uintptr_t grad, int64_t grad_stride) {

@@ -18,6 +18,9 @@ void cross_entropy_with_grad(const Rows&, const Target&, const LossOptions&, con
                              const Launch&) {
   unavailable();
 }
+void cross_entropy_shard_stats(const Rows&, const Target&, const LossOptions&, const ShardStats&, const Launch&) {
+  unavailable();
+}
 void nll_forward(const Rows&, const Target&, const LossOptions&, const RowStats&, const Launch&) { unavailable(); }
 void nll_backward(const Rows&, const Target&, const LossOptions&, const RowStats&, const Rows&, const Launch&) {
   unavailable();

@@ -14,6 +14,10 @@
     (const Rows& logits, const Target& target, const LossOptions& opt, const RowStats& stats,      \
      const Rows& dx, const Launch& launch),                                                        \
     (logits, target, opt, stats, dx, launch))                                                      \
+  X(cross_entropy_shard_stats,                                                                     \
+    (const Rows& logits, const Target& target, const LossOptions& opt, const ShardStats& out,      \
+     const Launch& launch),                                                                        \
+    (logits, target, opt, out, launch))                                                            \
   X(nll_forward,                                                                                   \
     (const Rows& logp, const Target& target, const LossOptions& opt, const RowStats& stats,        \
      const Launch& launch),                                                                        \

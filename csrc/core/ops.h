@@ -13,6 +13,10 @@
 //       loss = sum_c w_c q'_c (lse - x_c)      dloss/dx_c = p_c sum_k w_k q'_k - w_c q'_c
 //   nll: loss = -w_t y_t                       dloss/dy_c = -w_t [c==t]
 //   mse: loss = sum_c (x_c - t_c)^2            dloss/dx_c = 2 (x_c - t_c)
+//   vocab-parallel shard (LossOptions::class_offset / total_classes): cross_entropy_shard_stats
+//       gives max, sum exp(x - max), x_t (0 outside the shard), sum_c w_c x_c of the shard's
+//       classes; cross_entropy_with_grad with the global lse given (RowStats::lse_is_input)
+//       gives the shard's gradient, C and sum_k w_k over all classes, [c==t] in t's shard only.
 // Ignored rows (t == ignore_index) have loss 0 and gradient 0. Every backward multiplies
 // the row's gradient by its upstream factor RowStats::grad (see types.h).
 #pragma once
@@ -33,6 +37,9 @@ namespace fusedce {
   /* the fused call: gradient into dx (dx may alias logits), plus whatever `stats` asks for */    \
   void cross_entropy_with_grad(const Rows& logits, const Target& target, const LossOptions& opt,  \
                                const RowStats& stats, const Rows& dx, const Launch& launch);      \
+  /* vocab-parallel: per-row max, sum of exps, target logit, weighted sum over a class shard */  \
+  void cross_entropy_shard_stats(const Rows& logits, const Target& target, const LossOptions& opt, \
+                                 const ShardStats& out, const Launch& launch);                    \
   void nll_forward(const Rows& logp, const Target& target, const LossOptions& opt,                \
                    const RowStats& stats, const Launch& launch);                                  \
   void nll_backward(const Rows& logp, const Target& target, const LossOptions& opt,               \

@@ -45,6 +45,35 @@ struct LossOptions {
   // Logit soft-capping: every logit x is replaced by softcap * tanh(x / softcap) before the
   // softmax, inside the kernel (the gradient gains the factor 1 - tanh^2). 0 means off.
   double softcap = 0.0;
+  // Vocab-parallel shards: the logits hold classes [class_offset, class_offset + cols) of
+  // total_classes (0: the logits' cols, the single-device case). Class indices in the target
+  // are global; `weight` then points at all total_classes weights, read at class_offset + c;
+  // label smoothing's eps / C and sum_c w_c are over the total_classes classes. Used by
+  // cross_entropy_shard_stats and by cross_entropy_with_grad with RowStats::lse_is_input
+  // (the global lse; a shard's own loss is not meaningful, RowStats::loss must be 0).
+  int64_t class_offset = 0;
+  int64_t total_classes = 0;
+};
+
+// Whether LossOptions describe a shard of a larger class dimension of which `cols` are here.
+inline bool is_shard(const LossOptions& o, int64_t cols) {
+  return o.class_offset != 0 || (o.total_classes != 0 && o.total_classes != cols);
+}
+// The whole class count C of LossOptions for logits with `cols` classes.
+inline int64_t total_classes(const LossOptions& o, int64_t cols) {
+  return o.total_classes > 0 ? o.total_classes : cols;
+}
+
+// Per-row partial statistics of a shard of the classes (cross_entropy_shard_stats), over the
+// shard's logits x (capped with a softcap), in the compute dtype, one value per row,
+// contiguous. Any pointer may be 0 ("not wanted"). Ignored rows get max 0, sum 1, target 0,
+// dot 0 without reading their logits; a row whose class index is out of [0, total_classes)
+// (and not ignore_index) gets a NaN target logit.
+struct ShardStats {
+  std::uintptr_t max = 0;     // max_c x_c (-inf for a shard of only -inf)
+  std::uintptr_t sum = 0;     // sum_c exp(x_c - max)
+  std::uintptr_t target = 0;  // x_t when the global target t lies in the shard, else 0
+  std::uintptr_t dot = 0;     // sum_c w_c x_c (w_c = 1 without weights), for label smoothing
 };
 
 // Per-row quantities, all in the compute dtype (float32 for float16/bfloat16/float32 input,

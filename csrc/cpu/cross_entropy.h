@@ -21,6 +21,13 @@
 //   softcap c:  x is replaced by x' = c tanh(x / c) before anything else (lse, x_t and the
 //               weighted sums are the capped ones), and the whole gradient row, target term
 //               included, is multiplied by dx'/dx = 1 - (x'/c)^2. argmax stays that of x.
+//
+// Vocab-parallel shards (LossOptions::class_offset, ::total_classes; see types.h): the row
+// holds classes [offset, offset + cols) of C = total_classes. cross_entropy_shard_stats
+// gathers the shard's max, sum of exps, target logit and sum w_c x_c; the caller combines
+// the shards' statistics into the global lse, and the gradient is the lse-given sweep below
+// with C and sum_c w_c taken over all classes, w_t from the global weights, and the one-hot
+// term only in the shard that holds the target (the small-class path is not used).
 #pragma once
 #include "cpu/rowwise.h"
 
@@ -39,8 +46,9 @@ struct CeRow {
   ClassCoefficients<T> k;   // the u_c of the smoothing / probability term
   bool dot = false;         // whether the sweep must gather sum u_c x_c
   const T* q = nullptr;     // probability target row
+  bool elsewhere = false;   // a counted class index in another shard (t is then -1)
 
-  bool ignored() const { return t < 0 && !bad && !q; }
+  bool ignored() const { return t < 0 && !bad && !q && !elsewhere; }
 };
 
 template <class T>
@@ -49,8 +57,11 @@ struct CeContext {
   const Target& target;
   const LossOptions& opt;
   const RowStats& stats;
-  const T* w;    // class weights or nullptr
-  T w_sum;       // sum of the class weights (C without weights)
+  const T* w;    // the weights of this row's classes (a shard's: at class_offset) or nullptr
+  const T* w_all;  // all total_classes weights or nullptr
+  int64_t offset;  // the first class of the row (a shard's class_offset, else 0)
+  int64_t total;   // C, all the classes (total_classes, else the row's cols)
+  T w_sum;       // sum of all the class weights (C without weights)
   T eps;
   bool probs;
   T z;           // z-loss coefficient, 0 when off
@@ -58,13 +69,15 @@ struct CeContext {
 
   CeContext(const Rows& l, const Target& t, const LossOptions& o, const RowStats& s)
       : logits(l), target(t), opt(o), stats(s),
-        w(reinterpret_cast<const T*>(o.weight)), eps(static_cast<T>(o.label_smoothing)),
+        w_all(reinterpret_cast<const T*>(o.weight)), offset(o.class_offset),
+        total(total_classes(o, l.cols)), eps(static_cast<T>(o.label_smoothing)),
         probs(t.kind == TargetKind::Probabilities), z(static_cast<T>(o.z_loss)),
         cap(static_cast<T>(o.softcap)) {
-    w_sum = static_cast<T>(l.cols);
-    if (w) {
+    w = w_all ? w_all + offset : nullptr;
+    w_sum = static_cast<T>(total);
+    if (w_all) {
       w_sum = 0;
-      for (int64_t c = 0; c < l.cols; ++c) w_sum += w[c];
+      for (int64_t c = 0; c < total; ++c) w_sum += w_all[c];
     }
   }
 
@@ -84,13 +97,18 @@ struct CeContext {
       return row;
     }
     const int64_t y = class_index(target, r);
-    row.t = usable_class(y, C, opt.ignore_index);
-    row.bad = row.t < 0 && y != opt.ignore_index;
-    if (row.t < 0) {
+    const int64_t t = usable_class(y, total, opt.ignore_index);  // global class
+    row.bad = t < 0 && y != opt.ignore_index;
+    if (t < 0) {
       row.g = 0;
     } else {
-      row.x_t = capped<S>(row.x[row.t]);  // read now: an in-place sweep overwrites it
-      row.w_t = w ? w[row.t] : T(1);
+      row.w_t = w_all ? w_all[t] : T(1);
+      if (t - offset >= 0 && t - offset < C) {
+        row.t = t - offset;
+        row.x_t = capped<S>(row.x[row.t]);  // read now: an in-place sweep overwrites it
+      } else {
+        row.elsewhere = true;  // another shard holds the target (and its one-hot term)
+      }
     }
     row.k.a = 0;
     row.k.b = 1;
@@ -115,9 +133,9 @@ struct CeContext {
   T loss(const CeRow<T>& row, const RowSummary<T>& s) const {
     if (row.bad) return quiet_nan<T>();
     if (probs) return s.usum * s.lse - s.dot + z_term(s);
-    if (row.t < 0) return 0;
+    if (row.ignored()) return 0;
     T loss = (1 - eps) * row.w_t * (s.lse - row.x_t);
-    if (eps > 0) loss += eps / static_cast<T>(logits.cols) * (w_sum * s.lse - s.dot);
+    if (eps > 0) loss += eps / static_cast<T>(total) * (w_sum * s.lse - s.dot);
     return loss + z_term(s);
   }
 
@@ -128,7 +146,7 @@ struct CeContext {
       k.b = quiet_nan<T>();
       return quiet_nan<T>();
     }
-    const T C = static_cast<T>(logits.cols);
+    const T C = static_cast<T>(total);
     const T z_slope = z != 0 && !row.ignored() ? 2 * z * s.lse : T(0);  // d(z lse^2)/d lse
     if (probs) {
       k.a = row.g * (1 - eps);
@@ -256,13 +274,14 @@ void cross_entropy_small_rows(const Rows& logits, const Target& target, const Lo
 
 // Whether the small-class path can take this problem: index targets, few classes (a given
 // lse is not needed: the path recomputes it from the row it holds anyway), lane offsets (W-1) * row_stride that fit the 32-bit gather indices, contiguous
-// targets, and an ignore_index that float32 represents exactly (class indices are compared
+// targets, no class shard (vocab-parallel), and an ignore_index that float32 represents exactly (class indices are compared
 // as floats there; any index beyond 2^24 is out of range anyway).
 inline bool use_small_classes(const Rows& logits, const Target& target, const LossOptions& opt,
                               const Rows* dx, int width) {
   const int64_t limit = (int64_t(1) << 30) / width;
   const int64_t exact = int64_t(1) << 24;
   return logits.cols <= kSmallClasses && target.kind == TargetKind::ClassIndex &&
+         !is_shard(opt, logits.cols) &&
          target.stride == 1 && -exact < opt.ignore_index && opt.ignore_index < exact &&
          logits.row_stride < limit && (!dx || dx->row_stride < limit);
 }
@@ -369,6 +388,43 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
    });
   });
   V::fence();  // order the streaming stores before the caller sees the result
+}
+
+// Vocab-parallel statistics of a class shard (ShardStats in types.h): one read of each row,
+// the forward sweep of cross_entropy_forward_rows with other outputs. Class-index targets.
+template <class V, class T = typename V::T>
+void cross_entropy_shard_stats_rows(const Rows& logits, const Target& target, const LossOptions& opt,
+                                    const ShardStats& out, int64_t r0, int64_t r1) {
+  const RowStats no_stats{};
+  const CeContext<T> ce(logits, target, opt, no_stats);
+  const int64_t C = logits.cols;
+  T* const out_max = reinterpret_cast<T*>(out.max);
+  T* const out_sum = reinterpret_cast<T*>(out.sum);
+  T* const out_target = reinterpret_cast<T*>(out.target);
+  T* const out_dot = reinterpret_cast<T*>(out.dot);
+  alignas(64) T capped[kChunk];  // a softcap's buffer for one chunk (summarise_row)
+  with_flag(out_dot != nullptr, [&](auto want_dot) {
+   with_flag(ce.w != nullptr, [&](auto has_w) {
+    constexpr bool Dot = decltype(want_dot)::value, HasW = decltype(has_w)::value;
+    for (int64_t r = r0; r < r1; ++r) {
+      const CeRow<T> row = ce.template row<typename V::Scalar>(r, nullptr);
+      RowSummary<T> s;
+      if (row.ignored()) {  // contributes nothing: no read
+        s.max = 0;
+        s.sum = 1;
+      } else if (ce.cap != 0) {
+        s = summarise_row<V, false, Dot, false, HasW, false, true>(row.x, C, row.k, capped, nullptr, false,
+                                                                   nullptr, ce.cap);
+      } else {
+        s = summarise_row<V, false, Dot, false, HasW>(row.x, C, row.k, nullptr, nullptr);
+      }
+      if (out_max) out_max[r] = s.max;
+      if (out_sum) out_sum[r] = s.sum;
+      if (out_target) out_target[r] = row.bad ? quiet_nan<T>() : (row.t >= 0 ? row.x_t : T(0));
+      if (out_dot) out_dot[r] = s.dot;
+    }
+   });
+  });
 }
 
 }  // namespace

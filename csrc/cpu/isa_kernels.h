@@ -20,7 +20,7 @@ void exp_array(const T* x, T* y, int64_t n) {
 template <class V>
 KernelsFor<typename V::T> kernels_for() {
   return {softmax_forward_rows<V>, softmax_backward_rows<V>, cross_entropy_forward_rows<V>,
-          cross_entropy_with_grad_rows<V>, nll_forward_rows<V>,
+          cross_entropy_with_grad_rows<V>, cross_entropy_shard_stats_rows<V>, nll_forward_rows<V>,
           nll_backward_rows<V>, mse_forward_rows<V>, mse_backward_rows<V>, exp_array<V>};
 }
 

@@ -15,6 +15,8 @@ struct KernelsFor {
                                 const RowStats& stats, int64_t r0, int64_t r1);
   void (*cross_entropy_with_grad)(const Rows& logits, const Target& target, const LossOptions& opt,
                                   const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1);
+  void (*cross_entropy_shard_stats)(const Rows& logits, const Target& target, const LossOptions& opt,
+                                    const ShardStats& out, int64_t r0, int64_t r1);
   void (*nll_forward)(const Rows& logp, const Target& target, const LossOptions& opt,
                       const RowStats& stats, int64_t r0, int64_t r1);
   void (*nll_backward)(const Rows& logp, const Target& target, const LossOptions& opt,

@@ -56,6 +56,13 @@ void cross_entropy_with_grad(const Rows& logits, const Target& target, const Los
   });
 }
 
+void cross_entropy_shard_stats(const Rows& logits, const Target& target, const LossOptions& opt,
+                               const ShardStats& out, const Launch&) {
+  with_kernels(logits.dtype, [&](const auto& k) {
+    over_rows(logits, [&](int64_t r0, int64_t r1) { k.cross_entropy_shard_stats(logits, target, opt, out, r0, r1); });
+  });
+}
+
 void nll_forward(const Rows& logp, const Target& target, const LossOptions& opt, const RowStats& stats,
                  const Launch&) {
   with_kernels(logp.dtype, [&](const auto& k) {

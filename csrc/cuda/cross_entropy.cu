@@ -31,7 +31,14 @@ void cross_entropy_forward(const Rows& logits, const Target& target, const LossO
 
 void cross_entropy_with_grad(const Rows& logits, const Target& target, const LossOptions& opt,
                              const RowStats& stats, const Rows& dx, const Launch& launch) {
+  if (is_shard(opt, logits.cols))
+    throw std::invalid_argument("fusedce CUDA: class shards (vocab-parallel) are not implemented in the CUDA kernels yet");
   detail::run_row_op(detail::kLossGrad, logits, target, opt, stats, dx, launch);
+}
+
+void cross_entropy_shard_stats(const Rows&, const Target&, const LossOptions&, const ShardStats&,
+                               const Launch&) {
+  throw std::invalid_argument("fusedce CUDA: cross_entropy_shard_stats is not implemented in the CUDA kernels yet");
 }
 
 }  // namespace cuda

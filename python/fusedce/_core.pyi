@@ -69,9 +69,21 @@ class LossOptions:
     label_smoothing: float
     z_loss: float
     softcap: float
+    class_offset: int
+    total_classes: int
     def __init__(self, weight: int = 0, ignore_index: int = -100,
                  label_smoothing: float = 0.0, z_loss: float = 0.0,
-                 softcap: float = 0.0) -> None: ...
+                 softcap: float = 0.0, class_offset: int = 0,
+                 total_classes: int = 0) -> None: ...
+
+class ShardStats:
+    """Per-row outputs of cross_entropy_shard_stats (one value per row, contiguous)."""
+
+    max: int
+    sum: int
+    target: int
+    dot: int
+    def __init__(self, max: int = 0, sum: int = 0, target: int = 0, dot: int = 0) -> None: ...
 
 class RowStats:
     """Per-row outputs (loss, lse, argmax) and the upstream factor of a backward."""
@@ -98,6 +110,8 @@ def cross_entropy_forward(logits: Rows, target: Target, opt: LossOptions, stats:
                           launch: Launch, /) -> None: ...
 def cross_entropy_with_grad(logits: Rows, target: Target, opt: LossOptions, stats: RowStats,
                             dx: Rows, launch: Launch, /) -> None: ...
+def cross_entropy_shard_stats(logits: Rows, target: Target, opt: LossOptions,
+                              out: ShardStats, launch: Launch, /) -> None: ...
 def nll_forward(logp: Rows, target: Target, opt: LossOptions, stats: RowStats,
                 launch: Launch, /) -> None: ...
 def nll_backward(logp: Rows, target: Target, opt: LossOptions, stats: RowStats, dx: Rows,

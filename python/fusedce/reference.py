@@ -361,3 +361,67 @@ def mse_loss_backward(grad_loss, pred, target, *, reduction="mean", out=None):
     diff = np.asarray(pred, np.float64) - np.asarray(target, np.float64)
     g = _row_factor(grad_loss, reduction, diff.size, diff.shape)
     return _store((2.0 * diff * g).astype(pred.dtype), out)
+
+
+# ----------------------------------------------------------------------------- vocab-parallel
+# The shard kernels of fusedce.shard (not in __all__: they have no fusedce.* counterpart).
+
+
+def _shard_parts(logits, target, class_offset, total_classes, weight, ignore_index, softcap):
+    """Capped shard logits x (float64, classes last), the cap's slope, global targets, the
+    rows kept, the local index of targets in the shard (-1 elsewhere), all the weights."""
+    raw = np.asarray(logits, dtype=np.float64)
+    x, dcap = raw, np.ones_like(raw)
+    if softcap is not None:
+        th = np.tanh(raw / softcap)
+        x, dcap = softcap * th, 1.0 - th * th
+    t = np.asarray(target).astype(np.int64)
+    keep = t != ignore_index
+    w = _weights(weight, total_classes)
+    local = t - class_offset
+    inside = keep & (local >= 0) & (local < x.shape[-1])
+    return x, dcap, t, keep, np.where(inside, local, -1), w
+
+
+def cross_entropy_shard_stats(logits, target, *, class_offset, total_classes, weight=None,
+                              ignore_index=-100, softcap=None, return_dot=False):
+    """Per row of a shard of the classes (see fusedce.shard): max, sum exp(x - max), the
+    target's logit when it lies in the shard (else 0), and sum_c w_{offset+c} x_c. Ignored
+    rows: 0, 1, 0, 0. Compute dtype."""
+    x, _, t, keep, local, w = _shard_parts(logits, target, class_offset, total_classes, weight,
+                                           ignore_index, softcap)
+    dtype = _loss_dtype(np.asarray(logits).dtype)
+    w_shard = w[class_offset:class_offset + x.shape[-1]]
+    m = np.max(x, axis=-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = np.sum(np.exp(x - np.where(m == -np.inf, 0.0, m)[..., None]), axis=-1)
+        dot = np.sum(np.where(w_shard != 0, w_shard * x, 0.0), axis=-1)
+    xt = np.where(local >= 0, np.take_along_axis(x, np.maximum(local, 0)[..., None], -1)[..., 0], 0.0)
+    m, s = np.where(keep, m, 0.0), np.where(keep, s, 1.0)
+    xt, dot = np.where(keep, xt, 0.0), np.where(keep, dot, 0.0)
+    out = (m, s, xt) + ((dot,) if return_dot else ())
+    return tuple(a.astype(dtype) for a in out)
+
+
+def cross_entropy_shard_backward(grad_factor, logits, target, lse, *, class_offset, total_classes,
+                                 weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0,
+                                 softcap=None, out=None):
+    """The gradient of the rows' losses with respect to a shard of their logits, given the
+    global lse (see fusedce.shard.cross_entropy_shard_backward)."""
+    x, dcap, t, keep, local, w = _shard_parts(logits, target, class_offset, total_classes,
+                                              weight, ignore_index, softcap)
+    eps, C = float(label_smoothing), total_classes
+    g = np.broadcast_to(np.asarray(grad_factor, dtype=np.float64), t.shape)
+    lse = np.asarray(lse, dtype=np.float64)
+    w_t = np.where(keep, w[np.where(keep, t, 0)], 0.0)
+    A = (1 - eps) * w_t + eps / C * np.sum(w) + 2 * z_loss * lse
+    w_shard = w[class_offset:class_offset + x.shape[-1]]
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.exp(x - lse[..., None]) * A[..., None] - eps / C * w_shard
+    hot = np.zeros_like(x)
+    if x.shape[-1]:
+        np.put_along_axis(hot, np.maximum(local, 0)[..., None],
+                          np.where(local >= 0, (1 - eps) * w_t, 0.0)[..., None], axis=-1)
+    d = (d - hot) * g[..., None] * dcap
+    d = np.where(keep[..., None], d, 0.0)
+    return _store(d.astype(np.asarray(logits).dtype), out)

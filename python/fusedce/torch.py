@@ -6,12 +6,18 @@ dimension is dim 1 for an ``(N, C, d1, ...)`` input, a 1-D input ``(C,)`` takes 
 target, and the argument names and defaults are PyTorch's:
 
     cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, inplace=False)
+                  label_smoothing=0.0, inplace=False, *, z_loss=0.0, softcap=None)
     CrossEntropyLoss(weight=None, ignore_index=-100, reduction="mean",
-                     label_smoothing=0.0, inplace=False)
+                     label_smoothing=0.0, inplace=False, *, z_loss=0.0, softcap=None)
     nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean")
     log_softmax(input, dim, dtype=None)
     softmax(input, dim, dtype=None)
+    linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
+                         reduction="mean", ignore_index=-100, label_smoothing=0.0,
+                         z_loss=0.0, softcap=None, chunk_size=None)   # F.linear_cross_entropy
+    LinearCrossEntropyLoss(...)
+    distributed.vocab_parallel_cross_entropy(logits_shard, target, *, group=None, ...)
+    distributed.vocab_parallel_linear_cross_entropy(input, linear_weight_shard, target, ...)
 
 Each runs as operators registered with ``torch.library`` (namespace ``fusedce``: for
 example ``torch.ops.fusedce.cross_entropy_with_grad``) with fake (shape) functions and
@@ -52,7 +58,8 @@ import torch
 import fusedce as _fc
 from fusedce import _checks
 
-__all__ = ["cross_entropy", "CrossEntropyLoss", "nll_loss", "log_softmax", "softmax"]
+__all__ = ["cross_entropy", "CrossEntropyLoss", "nll_loss", "log_softmax", "softmax",
+           "linear_cross_entropy", "LinearCrossEntropyLoss", "distributed"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -897,3 +904,11 @@ def log_softmax(input, dim, dtype=None):
     """
     input, d = _softmax_args(input, dim, dtype, "log_softmax")
     return torch.ops.fusedce.log_softmax(input, d)
+
+
+# ------------------------------------------------------------------------------------------
+# In modules of their own, which use the helpers above (hence imported last)
+# ------------------------------------------------------------------------------------------
+
+from . import torch_distributed as distributed  # noqa: E402  (fusedce.torch.distributed)
+from ._torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402
