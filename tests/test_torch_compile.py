@@ -367,3 +367,57 @@ def test_torch_export():
         targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
         assert "fusedce.cross_entropy.default" in targets
         torch.testing.assert_close(ep.module()(x, t), model(x, t))
+
+
+# ------------------------------------------------------------------------------ linear CE
+
+
+def _linear_case(gen, dtype=torch.float64, n=9, h=4, v=7, bias=True):
+    x = torch.randn(n, h, generator=gen, dtype=dtype, requires_grad=True)
+    w = torch.randn(v, h, generator=gen, dtype=dtype, requires_grad=True)
+    b = torch.randn(v, generator=gen, dtype=dtype, requires_grad=True) if bias else None
+    t = torch.randint(0, v, (n,), generator=gen)
+    t[::3] = -100
+    return x, w, b, t
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck_linear_cross_entropy_ops(reduction, bias):
+    gen = torch.Generator().manual_seed(11)
+    x, w, b, t = _linear_case(gen, bias=bias)
+    cw = torch.rand(7, generator=gen, dtype=torch.float64) + 0.5
+    tail = (-100, reduction, 0.1, 0.01, 3.0, 4)
+    for args in ((x, w, b, t, cw) + tail, (x, w, b, t, None) + tail):
+        torch.library.opcheck(ops.linear_cross_entropy, args)
+        torch.library.opcheck(ops.linear_cross_entropy_with_grad, args)
+        g = torch.rand(() if reduction != "none" else (9,), generator=gen, dtype=torch.float64)
+        # (no second derivatives: the backward operator is checked on plain tensors)
+        plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(ops.linear_cross_entropy_backward, (g,) + plain)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_compiled_linear_cross_entropy_matches_eager_and_pytorch(reduction):
+    gen = torch.Generator().manual_seed(12)
+    x, w, b, t = _linear_case(gen)
+    upstream = torch.rand(9, generator=gen, dtype=torch.float64) if reduction == "none" else None
+
+    def step(x, w, b):
+        return ft.linear_cross_entropy(x, w, t, linear_bias=b, reduction=reduction,
+                                       label_smoothing=0.1, chunk_size=4)
+
+    counter = _counter()
+    compiled = torch.compile(step, backend=counter, fullgraph=True)
+    results = []
+    for fn in (compiled, step,
+               lambda x, w, b: F.linear_cross_entropy(x, w, t, linear_bias=b, reduction=reduction,
+                                                      label_smoothing=0.1)):
+        loss = fn(x, w, b)
+        grads = torch.autograd.grad(loss, (x, w, b), upstream if upstream is not None
+                                    else torch.ones_like(loss))
+        results.append((loss.detach(), list(grads)))
+    _assert_same(results[0], results[1], rtol=1e-12, atol=1e-12)
+    _assert_same(results[0], results[2], rtol=1e-10, atol=1e-12)
+    assert counter.frame_count == 1
+    assert "linear_cross_entropy_with_grad" in _op_names(counter)

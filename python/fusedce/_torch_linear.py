@@ -1,26 +1,38 @@
 """fusedce.torch.linear_cross_entropy and LinearCrossEntropyLoss: the PyTorch side of
 :mod:`fusedce.linear` (fused, chunked linear layer + cross-entropy).
 
-Imported by :mod:`fusedce.torch` (its last line), which users import; the helpers of
-fusedce.torch that move tensors in and out of fusedce are looked up there when a call runs,
-so that this module can be imported on its own too.
+Imported by :mod:`fusedce.torch` (at its end), which users import; the helpers of
+fusedce.torch that move tensors in and out of fusedce and register operators are looked up
+there (importing it, if this module was imported on its own first).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
 
 import torch
 
+from .linear import _chunk_size
 from .linear import linear_cross_entropy as _loss
 from .linear import linear_cross_entropy_with_grad as _loss_and_grads
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
 
+# fusedce.torch, whose helpers move tensors in and out of fusedce. It imports this module at
+# its end, so it is usually in sys.modules (still initialising) when this line runs; its
+# attributes are looked up at call time. (A lookup rather than an import at call time:
+# torch.compile cannot trace an import.)
+_FT = sys.modules.get("fusedce.torch")
+
+
 def _ft():
-    """fusedce.torch (its tensor <-> array helpers), imported when first needed."""
-    return importlib.import_module("fusedce.torch")
+    """fusedce.torch (imported here if this module was imported on its own first)."""
+    global _FT
+    if _FT is None:
+        _FT = importlib.import_module("fusedce.torch")
+    return _FT
 
 
 def _arrays(io, input, linear_weight, linear_bias, target, weight):
@@ -41,67 +53,165 @@ def _tensor(io, a, dtype):
     return t if t.dtype == dtype else t.to(dtype)
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Forward: the chunked loss, and, when any of input / linear_weight / linear_bias needs
-    a gradient, those gradients too (one pass; the logits are never stored). Backward:
-    scales them by the upstream gradient, or, for reduction "none" with an upstream
-    gradient that is not the same for every row, recomputes the chunks with it."""
+# ------------------------------------------------------------------------------------------
+# The operators (torch.library, namespace "fusedce"), as for fusedce.torch's other functions
+# ------------------------------------------------------------------------------------------
+#
+#   linear_cross_entropy            the loss alone (no gradient wanted)
+#   linear_cross_entropy_with_grad  (loss, grad_input, grad_linear_weight, grad_linear_bias):
+#                                   the chunks' gradients come out of the forward's pass, and
+#                                   the backward scales them by the upstream gradient
+#   linear_cross_entropy_backward   the three gradients for a per-row upstream gradient of
+#                                   reduction "none": the chunks run again with it
+# Without a bias the bias gradient is an empty tensor (an operator cannot return None).
 
-    @staticmethod
-    def forward(ctx, input, linear_weight, linear_bias, target, weight, opts):
-        ctx.set_materialize_grads(False)
-        want = any(ctx.needs_input_grad[:3])
-        ctx.opts = opts
-        ctx.grads = None
-        with _ft()._arrays_for(input) as io:
-            x, w, b, t, cw = _arrays(io, input, linear_weight, linear_bias, target, weight)
-            if want:
-                loss, gx, gw, gb = _loss_and_grads(x, w, t, linear_bias=b, weight=cw, **opts)
-                ctx.grads = (_tensor(io, gx, input.dtype), _tensor(io, gw, linear_weight.dtype),
-                             None if gb is None else _tensor(io, gb, linear_bias.dtype))
-            else:
-                loss = _loss(x, w, t, linear_bias=b, weight=cw, **opts)
-            loss_t = _tensor(io, loss, input.dtype)
-        if want and opts["reduction"] == "none":
-            # kept (not copied) for a backward whose upstream gradient differs between rows
-            ctx.save_for_backward(input, linear_weight, linear_bias, target, weight)
-        return loss_t
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_loss):
-        none = (None,) * 6
-        if grad_loss is None or ctx.grads is None:
-            return none
-        ft = _ft()
-        grads = ctx.grads
-        scale = grad_loss
-        if ctx.opts["reduction"] == "none" and grad_loss.numel() > 1:
-            first = grad_loss.reshape(-1)[0]
-            if bool(torch.all(grad_loss == first)):
-                scale = first
-            else:
-                grads = _recompute(ctx, grad_loss)
-                scale = None
-        if scale is not None and not ft._is_unit(scale):
-            s = scale.reshape(())
-            grads = tuple(None if g is None else g * s.to(g.dtype) for g in grads)
-        need = ctx.needs_input_grad
-        gx, gw, gb = (g if need[i] else None for i, g in enumerate(grads))
-        return gx, gw, gb, None, None, None
+_SCHEMA = ("Tensor input, Tensor linear_weight, Tensor? linear_bias, Tensor target, "
+           "Tensor? weight, int ignore_index, str reduction, float label_smoothing, "
+           "float z_loss, float? softcap, int? chunk_size")
 
 
-def _recompute(ctx, grad_loss):
-    """The three gradients for a per-row upstream gradient: the chunks run again with it."""
-    input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
+# As fusedce.torch's operators (not imported from there: fusedce.torch imports this module
+# at its end, and this module may be imported first).
+_DEVICES = ("cpu", "cuda")
+_TAGS = tuple(tag for tag in (getattr(torch.Tag, "cudagraph_unsafe", None),) if tag)
+
+
+def _op(name, schema):
+    return lambda fn: torch.library.custom_op(f"fusedce::{name}", fn, mutates_args=(),
+                                              device_types=_DEVICES, schema=schema, tags=_TAGS)
+
+
+def _kwargs(cw, b, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk_size):
+    return dict(linear_bias=b, weight=cw, ignore_index=ignore_index, reduction=reduction,
+                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                chunk_size=chunk_size)
+
+
+def _no_bias(input):
+    return input.new_empty((0,))
+
+
+def _grads(io, input, linear_weight, linear_bias, gx, gw, gb):
+    return (_tensor(io, gx, input.dtype).contiguous(),
+            _tensor(io, gw, linear_weight.dtype).contiguous(),
+            _no_bias(input) if gb is None else _tensor(io, gb, linear_bias.dtype).contiguous())
+
+
+@_op("linear_cross_entropy", f"({_SCHEMA}) -> Tensor")
+def _loss_op(input, linear_weight, linear_bias, target, weight, *options):
+    with _ft()._arrays_for(input) as io:
+        x, w, b, t, cw = _arrays(io, input, linear_weight, linear_bias, target, weight)
+        return _tensor(io, _loss(x, w, t, **_kwargs(cw, b, *options)), input.dtype).contiguous()
+
+
+@_op("linear_cross_entropy_with_grad", f"({_SCHEMA}) -> (Tensor, Tensor, Tensor, Tensor)")
+def _with_grad_op(input, linear_weight, linear_bias, target, weight, *options):
+    with _ft()._arrays_for(input) as io:
+        x, w, b, t, cw = _arrays(io, input, linear_weight, linear_bias, target, weight)
+        loss, gx, gw, gb = _loss_and_grads(x, w, t, **_kwargs(cw, b, *options))
+        return ((_tensor(io, loss, input.dtype).contiguous(),)
+                + _grads(io, input, linear_weight, linear_bias, gx, gw, gb))
+
+
+@_op("linear_cross_entropy_backward",
+     f"(Tensor grad_loss, {_SCHEMA}) -> (Tensor, Tensor, Tensor)")
+def _backward_op(grad_loss, input, linear_weight, linear_bias, target, weight, *options):
     ft = _ft()
     with ft._arrays_for(input) as io:
         x, w, b, t, cw = _arrays(io, input, linear_weight, linear_bias, target, weight)
         g = io.array(grad_loss, dtype=ft._compute_dtype(input.dtype))
-        _, gx, gw, gb = _loss_and_grads(x, w, t, linear_bias=b, weight=cw, grad_loss=g,
-                                        **ctx.opts)
-        return (_tensor(io, gx, input.dtype), _tensor(io, gw, linear_weight.dtype),
-                None if gb is None else _tensor(io, gb, linear_bias.dtype))
+        _, gx, gw, gb = _loss_and_grads(x, w, t, grad_loss=g, **_kwargs(cw, b, *options))
+        return _grads(io, input, linear_weight, linear_bias, gx, gw, gb)
+
+
+def _loss_shape(input, reduction):
+    return tuple(input.shape[:-1]) if reduction == "none" else ()
+
+
+def _fake_grads(input, linear_weight, linear_bias):
+    return (torch.empty_like(input, memory_format=torch.contiguous_format),
+            torch.empty_like(linear_weight, memory_format=torch.contiguous_format),
+            _no_bias(input) if linear_bias is None
+            else torch.empty_like(linear_bias, memory_format=torch.contiguous_format))
+
+
+@_loss_op.register_fake
+def _(input, linear_weight, linear_bias, target, weight, ignore_index, reduction, *_):
+    return input.new_empty(_loss_shape(input, reduction))
+
+
+@_with_grad_op.register_fake
+def _(input, linear_weight, linear_bias, target, weight, ignore_index, reduction, *_):
+    return ((input.new_empty(_loss_shape(input, reduction)),)
+            + _fake_grads(input, linear_weight, linear_bias))
+
+
+@_backward_op.register_fake
+def _(grad_loss, input, linear_weight, linear_bias, *_):
+    return _fake_grads(input, linear_weight, linear_bias)
+
+
+def _setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.options = inputs[5:]
+    ctx.reduction = inputs[6]
+    ctx.has_bias = inputs[2] is not None
+    ctx.mark_non_differentiable(*output[1:])
+    # reduction "none": the inputs too (references, never an (N, V) tensor), for a backward
+    # whose upstream gradient differs between rows
+    again = list(inputs[:5]) if ctx.reduction == "none" else [None] * 5
+    ctx.save_for_backward(*output[1:], *again)
+
+
+@torch.autograd.function.once_differentiable
+def _backward(ctx, grad_loss, *_):
+    none = (None,) * 11
+    if grad_loss is None:
+        return none
+    ft = _ft()
+    gx, gw, gb, *inputs = ctx.saved_tensors
+    grads = (gx, gw, gb)
+    scale = grad_loss
+    if ctx.reduction == "none" and grad_loss.numel() > 1:
+        first = grad_loss.reshape(-1)[0]
+        if ft._eager(grad_loss) and bool(torch.all(grad_loss == first)):
+            scale = first
+        else:  # per-row factors (or unknown while tracing): run the chunks again with them
+            grads = torch.ops.fusedce.linear_cross_entropy_backward(grad_loss, *inputs,
+                                                                    *ctx.options)
+            scale = None
+    if scale is not None and not (ft._eager(scale) and ft._is_unit(scale)):
+        s = scale.reshape(())
+        grads = tuple(g * s.to(g.dtype) for g in grads)
+    need = ctx.needs_input_grad
+    gx, gw, gb = (g if need[i] else None for i, g in enumerate(grads))
+    return (gx, gw, gb if ctx.has_bias else None) + (None,) * 8
+
+
+_with_grad_op.register_autograd(_backward, setup_context=_setup)
+
+
+def _loss_setup(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    ctx.options = inputs[5:]
+    ctx.has_bias = inputs[2] is not None
+    ctx.save_for_backward(*inputs[:5])
+
+
+@torch.autograd.function.once_differentiable
+def _loss_backward(ctx, grad_loss):
+    """The loss-only operator differentiated anyway (called directly, or by a tracer): the
+    chunks run again with the upstream gradient."""
+    if grad_loss is None:
+        return (None,) * 11
+    grads = torch.ops.fusedce.linear_cross_entropy_backward(grad_loss, *ctx.saved_tensors,
+                                                            *ctx.options)
+    need = ctx.needs_input_grad
+    gx, gw, gb = (g if need[i] else None for i, g in enumerate(grads))
+    return (gx, gw, gb if ctx.has_bias else None) + (None,) * 8
+
+
+_loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
 
 
 def _check(input, linear_weight, target, linear_bias, weight, reduction):
@@ -190,11 +300,16 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     >>> torch.allclose(loss, ref), torch.allclose(x.grad, torch.autograd.grad(ref, x)[0])
     (True, True)
     """
+    ft = _ft()
     _check(input, linear_weight, target, linear_bias, weight, reduction)
-    opts = dict(reduction=reduction, ignore_index=-100 if ignore_index is None else ignore_index,
-                label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-                chunk_size=chunk_size)
-    return _LinearCrossEntropy.apply(input, linear_weight, linear_bias, target, weight, opts)
+    opts = ft._loss_options(weight, -100 if ignore_index is None else ignore_index, reduction,
+                            label_smoothing, z_loss=z_loss, softcap=softcap)
+    args = (input, linear_weight, linear_bias, target, weight, opts["ignore_index"], reduction,
+            opts["label_smoothing"], opts["z_loss"], opts["softcap"], _chunk_size(chunk_size))
+    wanted = any(t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
+    if torch.is_grad_enabled() and wanted:
+        return torch.ops.fusedce.linear_cross_entropy_with_grad(*args)[0]
+    return torch.ops.fusedce.linear_cross_entropy(*args)
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):
