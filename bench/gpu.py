@@ -1,6 +1,7 @@
 """GPU benchmark for fusedce (issue 4): fused cross-entropy forward+backward against the memory
 floor (a device-to-device copy of the same bytes, measured in the same run) and against
-PyTorch eager, torch.compile and Liger-Kernel.
+PyTorch eager, torch.compile and Liger-Kernel; then fused linear + cross-entropy against its
+three GEMMs, PyTorch's F.linear_cross_entropy and Liger-Kernel (--no-linear skips it).
 
     python3 bench/gpu.py --out bench/results/gpu.md [--repeats 20] [--quick]
 
@@ -49,12 +50,90 @@ def extra_memory(fn, produced_bytes=0):
     return max(0, peak - before - produced_bytes)
 
 
+LINEAR_SHAPES = [(8192, 4096, 128256), (16384, 2048, 32000)]  # N, H, V
+
+
+def linear_section(args, say):
+    """Fused linear + cross-entropy forward + backward (gradients of x and W) on the GPU,
+    bfloat16 and float32, 10% of targets ignored: the three GEMMs alone (the floor), fusedce
+    (fusedce.torch.linear_cross_entropy: cuBLAS through CuPy, the fused kernel in place per
+    chunk), PyTorch's F.linear_cross_entropy (reference and chunked options) and
+    Liger-Kernel's fused linear cross-entropy when importable. UNTESTED: written without a
+    GPU (the CPU twin is bench/linear_ce.py)."""
+    import fusedce.torch as ft
+
+    liger = None
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import (
+            LigerFusedLinearCrossEntropyLoss)
+        liger = LigerFusedLinearCrossEntropyLoss()
+    except Exception:  # noqa: BLE001
+        pass
+    say()
+    say("## Fused linear + cross-entropy, forward + backward (gradients of x and W)")
+    say()
+    say("| N x H x V | dtype | implementation | ms | x gemms | extra MiB |")
+    say("|---|---|---|---:|---:|---:|")
+    shapes = LINEAR_SHAPES[:1] if args.quick else LINEAR_SHAPES
+    for (n, h, v) in shapes:
+        for dname, dt in DTYPES.items():
+            torch.manual_seed(0)
+            x = (torch.randn(n, h, device="cuda") / h ** 0.5).to(dt).requires_grad_(True)
+            w = torch.randn(v, h, device="cuda").to(dt).requires_grad_(True)
+            t = torch.randint(0, v, (n,), device="cuda")
+            t[torch.rand(n, device="cuda") < 0.1] = -100
+            grads_bytes = (x.numel() + w.numel()) * x.element_size()
+            logits = torch.empty(n, v, device="cuda", dtype=dt)
+            gx, gw = torch.empty_like(x), torch.empty_like(w)
+
+            def gemms():
+                torch.matmul(x.detach(), w.detach().T, out=logits)
+                torch.matmul(logits, w.detach(), out=gx)
+                torch.matmul(logits.T, x.detach(), out=gw)
+                return gx
+
+            def step(fn):
+                def run():
+                    x.grad = w.grad = None
+                    loss = fn()
+                    return torch.autograd.grad(loss, (x, w))
+                return run
+
+            runs = [("three GEMMs (floor)", gemms, 0),
+                    ("fusedce linear_cross_entropy",
+                     step(lambda: ft.linear_cross_entropy(x, w, t)), grads_bytes),
+                    ("torch F.linear_cross_entropy",
+                     step(lambda: F.linear_cross_entropy(x, w, t)), grads_bytes)]
+            if hasattr(torch.nn, "LinearCrossEntropyOptions"):
+                runs.append(("torch chunked options", step(lambda: F.linear_cross_entropy(
+                    x, w, t, options=torch.nn.LinearCrossEntropyOptions())), grads_bytes))
+            if liger is not None:
+                runs.append(("Liger fused linear CE", step(lambda: liger(w, x, t)), grads_bytes))
+            floor = None
+            for name, fn, produced in runs:
+                try:
+                    ms = cuda_time(fn, max(3, args.repeats // 4), warmup=2)
+                    extra = extra_memory(fn, produced)
+                except Exception as e:  # noqa: BLE001
+                    say(f"| {n} x {h} x {v} | {dname} | {name} FAILED: {type(e).__name__} | | | |")
+                    torch.cuda.empty_cache()
+                    continue
+                floor = floor or ms
+                say(f"| {n} x {h} x {v} | {dname} | {name} | {ms:.2f} | {ms / floor:.2f} | "
+                    f"{extra / 2**20:.0f} |")
+                torch.cuda.empty_cache()
+            del x, w, t, logits, gx, gw
+            torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/gpu.md")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="first two shapes only")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--no-linear", action="store_true",
+                    help="skip the fused linear + cross-entropy section")
     args = ap.parse_args()
 
     if not torch.cuda.is_available():
@@ -203,6 +282,8 @@ def main():
     say()
     for s in summary:
         say(s)
+    if not args.no_linear:
+        linear_section(args, say)
     import os
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
