@@ -113,27 +113,106 @@ def test_shard_kernels_check_their_arguments():
         shard.cross_entropy_shard_stats(x[:, :50], bad, class_offset=0, total_classes=300)
 
 
-def test_shard_kernels_emulated():
+def _emulated_shard_problem(dtype, n, total, seed):
+    """Logits (a masked class per row), global targets (ignored rows, the first and last
+    class, one out of range: validation off), weights, upstream factors."""
+    r = np.random.default_rng(seed)
+    x = (r.standard_normal((n, total)) * 3).astype(dtype)
+    x[np.arange(n), r.integers(0, total, n)] = -np.inf
+    t = r.integers(0, total, n)
+    x[np.arange(n), t] = r.standard_normal(n).astype(dtype)  # a finite target logit
+    t[::5] = -100
+    t[1], t[2], t[-1] = 0, total - 1, total + 3  # first class, last class, out of range
+    w = r.uniform(0.2, 2.0, total)
+    g = r.uniform(0.5, 1.5, n)
+    return x, t, w, g
+
+
+def _shard_check(fe, x, t, w, g, splits, opts, dtype_name):
+    """Every shard of `splits`: the emulated stats and gradient against the reference, the
+    out-of-range row NaN, and the shards' statistics combined into the whole row's lse."""
+    cdt = np.float64 if dtype_name == "float64" else np.float32
+    tight = dtype_name in ("float32", "float64")
+    stol = 1e-12 if dtype_name == "float64" else 2e-5  # statistics: float64 / float32 sums
+    gtol = {"float64": 1e-10, "float32": 2e-5, "float16": 2e-3, "bfloat16": 8e-3}[dtype_name]
+    total, bad = x.shape[1], t == x.shape[1] + 3
+    cap, w = opts.get("softcap"), (w.astype(cdt) if opts.get("weight") else None)
+    x64 = x.astype(np.float64)
+    xc = x64 if cap is None else cap * np.tanh(x64 / cap)
+    lse = np.log(np.exp(xc).sum(1)).astype(cdt)
+    t_ref = np.where(bad, -100, t)  # the reference has no out-of-range rows
+    kw = dict(total_classes=total, weight=w, softcap=cap)
+    bkw = dict(kw, label_smoothing=opts.get("label_smoothing", 0.0), z_loss=opts.get("z_loss", 0.0))
+    parts = []
+    for lo, hi in splits:
+        xs = x[:, lo:hi]
+        got = fe.cross_entropy_shard_stats(xs, t, class_offset=lo, return_dot=True,
+                                           validate_targets=False, **kw)
+        want = reference.cross_entropy_shard_stats(xs.astype(np.float64), t_ref, class_offset=lo,
+                                                   return_dot=True, **kw)
+        # the dot, a sum of C terms w_c x_c, carries rounding on the scale of sum_c |w_c x_c|
+        wsh = np.ones(hi - lo) if w is None else w[lo:hi].astype(np.float64)
+        size = np.where(np.isfinite(xc[:, lo:hi]), np.abs(wsh * xc[:, lo:hi]), 0).sum(1)[~bad]
+        for name, gv, wv in zip(("max", "sum", "target", "dot"), got, want):
+            assert gv.dtype == cdt, name
+            if name == "target":
+                assert np.all(np.isnan(gv[bad])), (lo, hi)
+            gv, wv = gv[~bad].astype(np.float64), wv[~bad]  # (the reference ignores the bad row)
+            scale = 1.0 + (size if name == "dot" else 0.0)
+            with np.errstate(invalid="ignore"):
+                ok = (gv == wv) | (np.abs(gv - wv) <= stol * (np.abs(wv) + scale))
+            assert ok.all(), (name, lo, hi, gv[~ok], wv[~ok])
+        if np.any(bad):  # the out-of-range row's max and sum are still those of its logits
+            np.testing.assert_allclose(got[0][bad], np.max(xc[bad, lo:hi], 1), rtol=stol)
+        parts.append(got)
+        grad = fe.cross_entropy_shard_backward(g.astype(cdt), xs, t, lse, class_offset=lo,
+                                               validate_targets=False, **bkw)
+        assert grad.dtype == x.dtype and grad.shape == xs.shape
+        want_g = reference.cross_entropy_shard_backward(g, xs.astype(np.float64), t_ref, lse.astype(np.float64),
+                                                        class_offset=lo, **bkw)
+        gg = grad.astype(np.float64)
+        assert np.all(np.isnan(gg[bad])), (lo, hi)
+        assert np.all(gg[t == -100] == 0)
+        ok = ~bad
+        scale = float(np.abs(want_g[ok]).max(initial=0)) or 1.0
+        np.testing.assert_allclose(gg[ok], want_g[ok], rtol=gtol, atol=gtol * scale * (1 if tight else 2),
+                                   err_msg=f"grad {lo}:{hi} {opts}")
+    # the shards' statistics combined: the whole row's lse and target logit
+    m = np.stack([p[0] for p in parts]).astype(np.float64)
+    sm = np.stack([p[1] for p in parts]).astype(np.float64)
+    M = m.max(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        comb = M + np.log((sm * np.exp(m - np.where(np.isfinite(M), M, 0))).sum(0))
+    keep = (t != -100) & ~bad
+    np.testing.assert_allclose(comb[keep], lse[keep], rtol=stol * 10, atol=stol * 10)
+    xt = np.stack([p[2] for p in parts]).astype(np.float64).sum(0)
+    np.testing.assert_allclose(xt[keep], xc[keep, t[keep]], rtol=stol, atol=stol)
+
+
+EMULATED_SHARD_OPTIONS = [
+    {},
+    {"weight": True, "label_smoothing": 0.1},
+    {"softcap": 4.0, "z_loss": 1e-3},
+    {"weight": True, "label_smoothing": 0.2, "z_loss": 0.01, "softcap": 2.5},
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("i", range(len(EMULATED_SHARD_OPTIONS)))
+def test_shard_kernels_emulated(dtype, i):
+    """The CUDA shard kernels (fusedce.emulated), small shards on sub-warp teams: uneven
+    splits (one class, the first and last class), every option, both targets in other shards
+    and out of range; the larger team paths are in test_emulated_paths.py."""
     fe = pytest.importorskip("fusedce.emulated")
-    x, t, w = _case(6, n=9, c_total=70)
-    lse = np.log(np.exp(x.astype(np.float64)).sum(1)).astype(np.float32)
-    kw = dict(class_offset=30, total_classes=70, weight=w)
-    stats = fusedce.functional._runs_on(shard.cross_entropy_shard_stats, fe._backend)
-    back = fusedce.functional._runs_on(shard.cross_entropy_shard_backward, fe._backend)
-    try:
-        got = stats(x[:, 30:50], t, return_dot=True, **kw)
-        grad = back(1.0, x[:, 30:50], t, lse, label_smoothing=0.1, **kw)
-    except Exception as e:  # the CUDA shard kernels are not written yet
-        if "not implemented in the CUDA kernels yet" in str(e):
-            pytest.skip("CUDA shard kernels not implemented yet")
-        raise
-    want = reference.cross_entropy_shard_stats(x[:, 30:50], t, return_dot=True, **kw)
-    for g, wv in zip(got, want):
-        np.testing.assert_allclose(g, wv, rtol=2e-5, atol=2e-5)
-    np.testing.assert_allclose(
-        grad, reference.cross_entropy_shard_backward(1.0, x[:, 30:50], t, lse,
-                                                     label_smoothing=0.1, **kw),
-        rtol=3e-5, atol=3e-6)
+    if dtype == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        npd = ml_dtypes.bfloat16
+    else:
+        npd = np.dtype(dtype)
+    opts = EMULATED_SHARD_OPTIONS[i]
+    x, t, w, g = _emulated_shard_problem(npd, 11, 70, seed=6 + i)
+    splits = [(0, 30), (30, 50), (50, 51), (51, 70)] if i % 2 == 0 else [(0, 1), (1, 69), (69, 70)]
+    _shard_check(fe, x, t, w, g, splits, opts, dtype)
 
 
 # ----------------------------------------------------------------------------------------

@@ -314,6 +314,59 @@ def test_row_kernel_path_lm_options(i):
         np.testing.assert_array_equal(ug[:-1], grad[:-1])
 
 
+@pytest.mark.parametrize("i", range(len(row_cases())), ids=LM_IDS)
+def test_shard_kernel_path(i):
+    """The vocab-parallel shard kernels (fusedce.shard) on each row-kernel path: the launcher
+    picks the team by the shard's own class count. The shard holds classes [5, 5 + C) of
+    C + 13: targets in the shard, in front of it and after it, an ignored row; weights of all
+    the classes, smoothing (each block sums all the weights first) and z-loss, the cap on
+    every other case. Statistics and the gradient from the global lse against the reference."""
+    dtype, C, device, N = row_cases()[i]
+    x, t, rng = make_case(dtype, C, N, seed=C + N + 2)
+    lo, total = 5, C + 13
+    t = t + lo  # make_case's targets are the shard's columns: globally, in the shard
+    t[0] = -100
+    if N >= 2:
+        t[1] = total - 1  # after the shard
+    if N >= 3:
+        t[2] = 2  # in front of it
+    cdt = np.float64 if dtype == "float64" else np.float32
+    w = rng.uniform(0.5, 1.5, total).astype(cdt)
+    cap = 15.0 if i % 2 else None
+    kw = dict(class_offset=lo, total_classes=total, weight=w, softcap=cap)
+    x64 = x.astype(np.float64)
+    kernel = expected_row_kernel(dtype, C, device)
+    with fe.device(device):
+        fe.clear_launch_log()
+        got = fe.cross_entropy_shard_stats(x, t, return_dot=True, **kw)
+        want = ref.cross_entropy_shard_stats(x64, t, return_dot=True, **kw)
+        for name, g, wv in zip(("max", "sum", "target"), got, want):
+            assert g.dtype == cdt
+            loss_close(g, wv, dtype, f"shard {name}", C)
+        # the dot, a sum of C terms w_c x_c: rounding on the scale of sum_c |w_c x_c|
+        xc = x64 if cap is None else cap * np.tanh(x64 / cap)
+        with np.errstate(invalid="ignore"):
+            size = np.nansum(np.where(np.isfinite(xc), np.abs(w[lo:lo + C] * xc), 0), axis=1)
+        rtol = 1e-10 if dtype == "float64" else 2e-5
+        d, wd = got[3].astype(np.float64), want[3]
+        with np.errstate(invalid="ignore"):
+            ok = (d == wd) | (np.abs(d - wd) <= rtol * (np.abs(wd) + size + 1))
+        assert ok.all(), ("shard dot", d[~ok], wd[~ok], size[~ok])
+        # the global lse: this shard's statistics and the 13 classes elsewhere (logits 0.5)
+        m, s = got[0].astype(np.float64), got[1].astype(np.float64)
+        xo = 0.5 if cap is None else cap * np.tanh(0.5 / cap)
+        lse = np.logaddexp(m + np.log(s), xo + np.log(13.0))
+        lse[0] = 0.0  # ignored row
+        g = rng.uniform(0.5, 1.5, N).astype(cdt)
+        bkw = dict(kw, label_smoothing=0.1, z_loss=1e-3)
+        grad = fe.cross_entropy_shard_backward(g, x, t, lse.astype(cdt), **bkw)
+        want_grad = ref.cross_entropy_shard_backward(g, x64, t, lse.astype(cdt).astype(np.float64), **bkw)
+        assert grad.dtype == x.dtype
+        close(grad, want_grad, dtype, "shard grad", float(np.abs(want_grad).max()))
+        assert np.all(grad[0].astype(np.float64) == 0)
+        assert launched() == {kernel}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("C", OTHER_CS)
 def test_other_kernel_paths(dtype, C):

@@ -31,6 +31,26 @@
 // each of its two reads of the row. The max of x' is the capped max of x (tanh is increasing),
 // so the max pass reads x as it is.
 //
+// Vocab-parallel shards (LossOptions::class_offset = o, ::total_classes = C; types.h): the row
+// holds the classes [o, o + C_s) of C, class indices are global and the weights are all C of
+// them (RowArgs::w points at w_o, so w[c] is the weight of local column c and w[t - o] that of
+// any global t). read_target gives t - o, which lies outside [0, C_s) (still kNormal) when
+// another shard holds the target: then no column matches it and the one-hot term is absent.
+//   kShardStats (cross_entropy_shard_stats), the row kernels with other outputs, x capped:
+//     max m_s, s_s = sum_c exp(x_c - m_s)  (m_s = -inf, s_s = 0 for a shard of only -inf),
+//     x_t when t is in the shard, else 0 (NaN for t outside [0, C)), and with ShardStats::dot
+//     d_s = sum_c w_c x_c, zero weights adding 0 (the smoothing sum, unshifted: acc.a with a
+//     shift of 0, the target's logit likewise in acc.t). Ignored rows: 0, 1, 0, 0.
+//     No smoothing, no z-loss: the caller combines the shards, M = max m_s,
+//     lse = M + log sum s_s exp(m_s - M), and the loss from lse, x_t, sum d_s.
+//   the shard gradient (cross_entropy_with_grad, the global lse given, no loss):
+//     dx_c = g ( p_c A - (1-eps) w_t [c == t] - eps/C w_c ) (times the cap's slope),
+//     A = (1-eps) w_t + eps/C B + 2 z lse, p_c = exp(x_c - lse), w_t = w[t - o] wherever t is,
+//     B = sum of all C weights (C without weights): no per-row sum pass; with weights and
+//     smoothing every block sums the C weights once before its rows (shard_wsum), as the CPU
+//     kernels do once per call. Counted rows (t in [0, C), not ignored) take the z-term in
+//     every shard.
+//
 // All sums are taken relative to the row max m, so the loss is not the difference of two
 // large numbers. The gradient is formed in the compute type (float for half types) and
 // rounded once: p_t - 1 is never rounded to bf16 before the subtraction.
@@ -82,6 +102,11 @@ struct RowArgs {
   int64_t n;
   int c;
   int mode;
+  // vocab-parallel shard: the row holds classes [offset, offset + c) of `total` (offset 0 and
+  // total c otherwise); class indices are global, w points at the weight of class `offset`
+  int64_t offset, total;
+  bool shard;        // a shard gradient (lse given, index targets), or kShardStats
+  bool shard_wsum;   // a shard gradient with smoothing and weights: sum w over all classes first
   // targets
   int tkind;  // TargetKind
   const void* idx;
@@ -101,21 +126,26 @@ struct RowArgs {
   int64_t* argmax;
   const S* g;
   int64_t g_stride;
+  // kShardStats outputs (ShardStats), each may be null
+  S *st_max, *st_sum, *st_target, *st_dot;
   bool vec;  // 128-bit accesses allowed on x, out and q
 };
 
 // Row-level flags, identical for every thread of the grid (no reduction may depend on row data).
 template <typename T>
 struct Flags {
-  bool ce, index, prob, smooth, want_loss, do_max, do_sums, write;
+  bool ce, index, prob, smooth, stats, want_loss, do_max, do_sums, write;
   __device__ explicit Flags(const RowArgs<T>& a) {
-    ce = a.mode == kLossOnly || a.mode == kLossGrad;
+    stats = a.mode == kShardStats;
+    ce = a.mode == kLossOnly || a.mode == kLossGrad || stats;
     index = ce && a.tkind == static_cast<int>(TargetKind::ClassIndex);
     prob = ce && a.tkind == static_cast<int>(TargetKind::Probabilities);
-    smooth = index && a.eps > 0;
+    // the weighted sum over the classes: the smoothing term, or the shard's dot (stats)
+    smooth = index && (a.eps > 0 || (stats && a.st_dot != nullptr));
     want_loss = ce && a.loss != nullptr;
     do_max = !a.lse_in || a.argmax != nullptr;
-    do_sums = !a.lse_in || prob || smooth || want_loss;
+    // a shard gradient needs no sum: its sum_c w_c is over all the classes (shard_wsum)
+    do_sums = !a.lse_in || prob || (smooth && !a.shard) || want_loss;
     write = a.out != nullptr && a.mode != kLossOnly;
   }
 };
@@ -139,17 +169,66 @@ __device__ __forceinline__ compute_t<T> cap_slope(const RowArgs<T>& a, compute_t
   return S(1) - u * u;
 }
 
-// What a row's target says, read before anything is written.
+// What a row's target says, read before anything is written. t is the target's column in
+// this row: y - offset, outside [0, C) when another shard holds the class (kNormal still);
+// -1 for other states (a row past the end counts as ignored: it stores nothing anyway).
 template <typename T>
 __device__ __forceinline__ int read_target(const RowArgs<T>& a, const Flags<T>& f, bool active,
                                            int64_t row, int64_t& t) {
   t = -1;
-  if (!f.index || !active) return kNormal;
+  if (!f.index) return kNormal;
+  if (!active) return kIgnored;
   const int64_t y = load_index(a.idx, a.idx64, row * a.idx_stride);
   if (y == a.ignore) return kIgnored;
-  if (y < 0 || y >= a.c) return kBadTarget;
-  t = y;
+  if (y < 0 || y >= a.total) return kBadTarget;
+  t = y - a.offset;
   return kNormal;
+}
+
+// Shared memory of a kernel whose block may sum the class weights of all the shards.
+template <typename S, int BLOCK>
+struct WeightSum {
+  S warp[BLOCK / 32];
+  S total;
+};
+
+// sum_c w_c over all `total` classes (a.w - a.offset), by every thread of the block, before
+// the row loop (a block barrier): each block sums them itself, in the same order, once.
+template <typename T, int BLOCK>
+__device__ __forceinline__ void sum_all_weights(const RowArgs<T>& a, WeightSum<compute_t<T>, BLOCK>& sh) {
+  using S = compute_t<T>;
+  const S* w = a.w - a.offset;
+  S v = S(0);
+  for (int64_t c = threadIdx.x; c < a.total; c += BLOCK) v += w[c];
+  v = warp_allreduce<32>(v, SumOp{});
+  if ((threadIdx.x & 31) == 0) sh.warp[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    S s = sh.warp[0];
+#pragma unroll
+    for (int k = 1; k < BLOCK / 32; ++k) s += sh.warp[k];
+    sh.total = s;
+  }
+  __syncthreads();
+}
+
+// kShardStats: a row's max, sum of exps, target logit and sum_c w_c x_c (x capped), from the
+// sums as the loss takes them: m the max they are relative to (0 for a row of only -inf, whose
+// s is then 0), acc.t = x_t - m (when the shard holds t), acc.a = sum_c w_c (x_c - m) and
+// acc.b = sum_c w_c. The shift is undone here, once per row (its rounding is that of the
+// loss's own sums), so that the row loop is the loss's, with no registers of its own.
+template <typename T>
+__device__ __forceinline__ void store_shard_stats(const RowArgs<T>& a, int64_t row, compute_t<T> m,
+                                                  const Sum4<compute_t<T>>& acc, int state, int64_t t) {
+  using S = compute_t<T>;
+  const bool ignored = state == kIgnored;  // not counted: 0, 1, 0, 0
+  if (a.st_max != nullptr) a.st_max[row] = ignored ? S(0) : (acc.s == S(0) ? neg_inf<S>() : m);
+  if (a.st_sum != nullptr) a.st_sum[row] = ignored ? S(1) : acc.s;
+  if (a.st_target != nullptr) {
+    const S xt = (t >= 0 && t < a.c) ? acc.t + m : S(0);
+    a.st_target[row] = ignored ? S(0) : (state == kBadTarget ? quiet_nan<S>() : xt);
+  }
+  if (a.st_dot != nullptr) a.st_dot[row] = ignored ? S(0) : acc.a + m * acc.b;
 }
 
 // Everything the write phase needs about a row, once its max and sums are known.
@@ -179,13 +258,17 @@ __device__ __forceinline__ RowPlan<compute_t<T>> finish_row(const RowArgs<T>& a,
   p.inv_s = a.lse_in ? S(1) : S(1) / acc.s;
   p.t = t;
   p.state = state;
-  p.eps_c = a.eps / static_cast<S>(a.c);
+  p.eps_c = a.eps / static_cast<S>(a.total);
   p.one_minus_eps = S(1) - a.eps;
-  const S wt = (f.index && t >= 0) ? (a.w ? a.w[t] : S(1)) : S(0);
-  const S B = f.smooth ? (a.w ? acc.b : static_cast<S>(a.c)) : S(0);
+  // w_t: a.w[t] is the weight of the global class t + offset, in this shard or not
+  const S wt = (f.index && state == kNormal) ? (a.w ? a.w[t] : S(1)) : S(0);
+  const S B = f.smooth ? (a.w ? acc.b : static_cast<S>(a.total)) : S(0);
   const S lse = m + p.logs;
   // z-loss, on counted rows only (ignored rows stay 0, bad targets NaN)
   const bool z_on = a.z_loss != S(0) && (f.prob || (f.index && state == kNormal));
+  // shard statistics, from the writer (the rest of the plan goes unused: nothing is written
+  // for them; leaving the row loop early instead costs the kernels registers)
+  if (writer && f.stats) store_shard_stats(a, row, m, acc, state, t);
   if (writer) {
     if (f.want_loss) {
       S L;
@@ -279,11 +362,14 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
     }
   }
   SIMT_SHARED(typename Team::Storage, storage);
+  using Weights = WeightSum<S, Team::kBlock>;
+  SIMT_SHARED(Weights, weights);
   Team team(storage);
   const Flags<T> f(a);
   const int rank = team.rank();
   const T pad = from_compute<T>(neg_inf<S>());
   const T zero = from_compute<T>(S(0));
+  if (a.shard_wsum) sum_all_weights<T, Team::kBlock>(a, weights);
 
   for (int64_t base = team.begin(); base < a.n; base += team.step()) {
     const int64_t row = base + team.sub_row();
@@ -384,6 +470,7 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
       acc = team.reduce(acc, Sum4Op{});
     }
     if (a.lse_in) acc.s = S(1);
+    if (a.shard_wsum) acc.b = weights.total;  // sum_c w_c of all the shards
 
     const RowPlan<S> p = finish_row(a, f, active && team.rank() == 0, r, m, amax, acc, state, t);
 
@@ -452,15 +539,20 @@ struct OnlineOp {
 };
 
 template <typename T, int BLOCK>
-__global__ void __launch_bounds__(BLOCK) rows_streaming(const RowArgs<T> a) {
+// (float and half rows: at least 3 blocks of 512 per SM, i.e. at most 40 registers, which
+// nvcc would otherwise exceed since the shard statistics)
+__global__ void __launch_bounds__(BLOCK, sizeof(T) == 8 ? 1 : 1536 / BLOCK) rows_streaming(const RowArgs<T> a) {
   using S = compute_t<T>;
   SIMT_SHARED(BlockStorage, storage);
+  using Weights = WeightSum<S, BLOCK>;
+  SIMT_SHARED(Weights, weights);
   BlockTeam<BLOCK> team(storage);
   const Flags<T> f(a);
   const int tid = static_cast<int>(threadIdx.x);
   const S ninf = neg_inf<S>();
   const S eps_c = a.eps / static_cast<S>(a.c);
   const bool capping = a.softcap != S(0);
+  if (a.shard_wsum) sum_all_weights<T, BLOCK>(a, weights);
 
   for (int64_t row = blockIdx.x; row < a.n; row += gridDim.x) {
     const T* xr = a.x + row * a.x_stride;
@@ -494,9 +586,10 @@ __global__ void __launch_bounds__(BLOCK) rows_streaming(const RowArgs<T> a) {
         st.b += u;
       }
     }
-    // x_t from memory, before any write (the block barriers below order it)
+    // x_t from memory (when this shard holds it), before any write (the block barriers below
+    // order it)
     S tm = S(0);
-    if (t >= 0) tm = capping ? capped(a, to_compute(xr[t])) : to_compute(xr[t]);
+    if (t >= 0 && t < a.c) tm = capping ? capped(a, to_compute(xr[t])) : to_compute(xr[t]);
 
     S m = st.m;
     int amax = 0;
@@ -508,7 +601,8 @@ __global__ void __launch_bounds__(BLOCK) rows_streaming(const RowArgs<T> a) {
     m = a.lse_in ? fixed_m : st.m;
     if (a.argmax != nullptr && !a.lse_in && isnan(best.v)) m = best.v;  // as v2: NaN row -> NaN
     Sum4<S> acc{a.lse_in ? S(1) : st.s, st.a, st.b, tm - m};
-    if (f.smooth && a.w == nullptr) acc.b = static_cast<S>(a.c);
+    if (f.smooth && a.w == nullptr) acc.b = static_cast<S>(a.total);
+    if (a.shard_wsum) acc.b = weights.total;
     const RowPlan<S> p = finish_row(a, f, tid == 0, row, m, amax, acc, state, t);
 
     // pass 2
@@ -627,7 +721,8 @@ void launch_rows(const RowArgs<T>& a, int device, cudaStream_t stream) {
 // One dtype's row op (instantiated once per dtype, in cross_entropy_<dtype>.cu).
 template <typename T>
 void run_row_op_typed(RowMode mode, const Rows& x, const Target& target, const LossOptions& opt,
-               const RowStats& stats, const Rows& out, const Launch& launch) {
+                      const RowStats& stats, const Rows& out, const Launch& launch,
+                      const ShardStats* shard_out) {
   using S = compute_t<T>;
   RowArgs<T> a{};
   a.x = reinterpret_cast<const T*>(x.data);
@@ -635,7 +730,9 @@ void run_row_op_typed(RowMode mode, const Rows& x, const Target& target, const L
   a.n = x.rows;
   a.c = checked_cols(x.cols, "row op");
   a.mode = mode;
-  const bool ce = mode == kLossOnly || mode == kLossGrad;
+  const bool ce = mode == kLossOnly || mode == kLossGrad || mode == kShardStats;
+  a.offset = 0;
+  a.total = a.c;
   a.out = (mode != kLossOnly) ? reinterpret_cast<T*>(out.data) : nullptr;
   a.out_stride = out.row_stride;
   a.tkind = ce ? static_cast<int>(target.kind) : static_cast<int>(TargetKind::None);
@@ -652,6 +749,17 @@ void run_row_op_typed(RowMode mode, const Rows& x, const Target& target, const L
     a.eps = static_cast<S>(opt.label_smoothing);
     a.ignore = opt.ignore_index;
     a.z_loss = static_cast<S>(opt.z_loss);
+    // a shard (cross_entropy.cu checked its options): global class indices and weights
+    a.shard = mode == kShardStats || is_shard(opt, x.cols);
+    if (a.shard) {
+      a.offset = opt.class_offset;
+      a.total = total_classes(opt, x.cols);
+      if (a.w != nullptr) a.w += a.offset;
+    }
+    if (mode == kShardStats) {  // neither smoothing nor z-loss: statistics of the logits
+      a.eps = S(0);
+      a.z_loss = S(0);
+    }
     if (opt.softcap != 0.0) {
       a.softcap = static_cast<S>(opt.softcap);
       a.inv_softcap = static_cast<S>(1.0 / opt.softcap);
@@ -662,13 +770,24 @@ void run_row_op_typed(RowMode mode, const Rows& x, const Target& target, const L
     a.argmax = reinterpret_cast<int64_t*>(stats.argmax);
     a.g = reinterpret_cast<const S*>(stats.grad);
     a.g_stride = stats.grad_stride != 0 ? 1 : 0;
+    a.shard_wsum = a.shard && mode == kLossGrad && a.w != nullptr && a.eps > S(0);
+  }
+  if (mode == kShardStats && shard_out != nullptr) {
+    a.st_max = reinterpret_cast<S*>(shard_out->max);
+    a.st_sum = reinterpret_cast<S*>(shard_out->sum);
+    a.st_target = reinterpret_cast<S*>(shard_out->target);
+    a.st_dot = reinterpret_cast<S*>(shard_out->dot);
   }
   a.vec = rows_vectorizable<T>(x.data, x.rows, x.row_stride) &&
           (a.out == nullptr || rows_vectorizable<T>(out.data, x.rows, out.row_stride)) &&
           (a.q == nullptr || rows_vectorizable<T>(target.data, x.rows, target.stride));
   if (a.n <= 0) return;
   if (mode == kLossOnly && a.loss == nullptr && a.lse == nullptr && a.argmax == nullptr) return;
-  if (mode != kLossOnly && a.out == nullptr && (!ce || (a.loss == nullptr && a.lse == nullptr && a.argmax == nullptr)))
+  if (mode == kShardStats && a.st_max == nullptr && a.st_sum == nullptr && a.st_target == nullptr &&
+      a.st_dot == nullptr)
+    return;
+  if (mode != kLossOnly && mode != kShardStats && a.out == nullptr &&
+      (!ce || (a.loss == nullptr && a.lse == nullptr && a.argmax == nullptr)))
     return;
   DeviceGuard guard(launch.device);
   launch_rows(a, launch.device, stream_of(launch));

@@ -3,5 +3,5 @@
 
 namespace fusedce::cuda::detail {
 template void run_row_op_typed<double>(RowMode, const Rows&, const Target&, const LossOptions&, const RowStats&,
-                                     const Rows&, const Launch&);
+                                       const Rows&, const Launch&, const ShardStats*);
 }  // namespace fusedce::cuda::detail

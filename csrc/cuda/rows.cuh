@@ -16,15 +16,19 @@ enum RowMode : int {
   kLossGrad = 1,    // + gradient into `out`
   kSoftmax = 2,     // out = softmax(x)
   kLogSoftmax = 3,  // out = log_softmax(x)
+  kShardStats = 4,  // vocab-parallel: a class shard's max, sum of exps, target logit, dot
 };
 
+// shard_out: the outputs of kShardStats (ignored by the other modes).
 void run_row_op(RowMode mode, const Rows& x, const Target& target, const LossOptions& opt,
-                const RowStats& stats, const Rows& out, const Launch& launch);
+                const RowStats& stats, const Rows& out, const Launch& launch,
+                const ShardStats* shard_out = nullptr);
 
 // run_row_op for logits of storage type T (float, double, __half, __nv_bfloat16).
 template <typename T>
 void run_row_op_typed(RowMode mode, const Rows& x, const Target& target, const LossOptions& opt,
-                      const RowStats& stats, const Rows& out, const Launch& launch);
+                      const RowStats& stats, const Rows& out, const Launch& launch,
+                      const ShardStats* shard_out);
 
 }  // namespace detail
 }  // namespace cuda

@@ -1,9 +1,10 @@
 """fusedce's functions run by its CUDA kernels on the CPU, through a CPU model of CUDA.
 
-``fusedce.emulated`` has the functions of :mod:`fusedce` (same names, signatures, defaults
-and semantics) on NumPy arrays, but the work is done by the CUDA kernels, compiled as C++
-against the project's execution model of CUDA (``fusedce._emulated``): grids, blocks,
-clusters, warps, shared memory, shuffles and barriers, run on host memory. What it is for:
+``fusedce.emulated`` has the functions of :mod:`fusedce` and :mod:`fusedce.shard` (same names,
+signatures, defaults and semantics) on NumPy arrays, but the work is done by the CUDA kernels,
+compiled as C++ against the project's execution model of CUDA (``fusedce._emulated``): grids,
+blocks, clusters, warps, shared memory, shuffles and barriers, run on host memory. What it is
+for:
 
 - testing the CUDA kernels without a GPU: their results against ``fusedce.reference`` and
   the CPU kernels, every code path the launch configuration picks (the emulated devices
@@ -48,6 +49,7 @@ import numpy as np
 
 from . import _arrays as arrays
 from . import functional
+from . import shard
 
 try:
     from . import _emulated
@@ -68,6 +70,7 @@ __all__ = [
     "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
     "nll_loss", "nll_loss_backward", "cross_entropy", "cross_entropy_backward",
     "cross_entropy_with_grad", "mse_loss", "mse_loss_backward",
+    "cross_entropy_shard_stats", "cross_entropy_shard_backward",
     "devices", "set_device", "get_device", "device", "launch_log", "clear_launch_log",
 ]
 
@@ -122,6 +125,9 @@ cross_entropy_backward = _emulate(functional.cross_entropy_backward)
 cross_entropy_with_grad = _emulate(functional.cross_entropy_with_grad)
 mse_loss = _emulate(functional.mse_loss)
 mse_loss_backward = _emulate(functional.mse_loss_backward)
+# the vocab-parallel building blocks of fusedce.shard
+cross_entropy_shard_stats = _emulate(shard.cross_entropy_shard_stats)
+cross_entropy_shard_backward = _emulate(shard.cross_entropy_shard_backward)
 
 
 def devices() -> list:
