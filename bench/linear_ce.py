@@ -10,8 +10,9 @@ to ignore_index (-100), reduction "mean". Timed, each a forward and a backward g
 gradients of x and W:
 
   gemms          the three GEMMs alone, full batch, into preallocated outputs:
-                 L = x @ W.T, gx = L @ W, gW = L.T @ x (NumPy's BLAS). The floor: what any
-                 implementation that does the GEMMs must pay.
+                 L = x @ W.T, gx = L @ W, gW = L.T @ x, with the BLAS fusedce uses (SciPy's
+                 when installed, else NumPy's). The floor: what any implementation that
+                 does the GEMMs must pay.
   fused          fusedce.linear_cross_entropy_with_grad (chunked; ignored rows dropped).
   torch ref      F.linear_cross_entropy(options=None) + torch.autograd.grad (whole logits).
   torch chunked  F.linear_cross_entropy(options=torch.nn.LinearCrossEntropyOptions())
@@ -134,9 +135,19 @@ class Bench:
                               np.empty((self.args.n, self.args.h), dt),
                               np.empty((self.args.v, self.args.h), dt))
         logits, gx, gw = self.gemm_bufs
-        np.matmul(self.x, self.w.T, out=logits)
-        np.matmul(logits, self.w, out=gx)
-        np.matmul(logits.T, self.x, out=gw)
+        gemm = self.fc.linear._scipy_gemm(self.x.dtype)
+        if gemm is None:
+            np.matmul(self.x, self.w.T, out=logits)
+            np.matmul(logits, self.w, out=gx)
+            np.matmul(logits.T, self.x, out=gw)
+            return gx, gw
+        # The BLAS fusedce's GEMMs use (SciPy's), the same column-major calls on the same
+        # C-ordered memory: two OpenBLAS libraries taking turns would slow both (their idle
+        # worker threads spin), which would measure the libraries, not the fusion.
+        x, w = self.x, self.w
+        gemm(1.0, w.T, x.T, c=logits.T, trans_a=1, overwrite_c=1)   # logits = x @ w.T
+        gemm(1.0, w.T, logits.T, c=gx.T, overwrite_c=1)             # gx = logits @ w
+        gemm(1.0, x.T, logits.T, c=gw.T, trans_b=1, overwrite_c=1)  # gw = logits.T @ x
         return gx, gw
 
     def drop_gemm_buffers(self):
