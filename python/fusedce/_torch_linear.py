@@ -214,7 +214,7 @@ def _loss_backward(ctx, grad_loss):
 _loss_op.register_autograd(_loss_backward, setup_context=_loss_setup)
 
 
-def _check(input, linear_weight, target, linear_bias, weight, reduction):
+def _check(input, linear_weight, target, linear_bias, weight):
     ft = _ft()
     for name, t in (("input", input), ("linear_weight", linear_weight), ("target", target)):
         if not isinstance(t, torch.Tensor):
@@ -231,8 +231,6 @@ def _check(input, linear_weight, target, linear_bias, weight, reduction):
         raise ValueError("input must have at least one dimension (the features)")
     ft._check_same_device(input, linear_weight=linear_weight, target=target,
                           linear_bias=linear_bias, weight=weight)
-    if reduction not in ("none", "mean", "sum"):
-        raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
 
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
@@ -301,7 +299,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     (True, True)
     """
     ft = _ft()
-    _check(input, linear_weight, target, linear_bias, weight, reduction)
+    _check(input, linear_weight, target, linear_bias, weight)
     opts = ft._loss_options(weight, -100 if ignore_index is None else ignore_index, reduction,
                             label_smoothing, z_loss=z_loss, softcap=softcap)
     args = (input, linear_weight, linear_bias, target, weight, opts["ignore_index"], reduction,
@@ -329,8 +327,10 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
                  z_loss=0.0, softcap=None, chunk_size=None):
         super().__init__()
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        # the options' checks of fusedce.torch, as CrossEntropyLoss makes them
+        _ft()._loss_options(weight, -100 if ignore_index is None else ignore_index, reduction,
+                            label_smoothing, z_loss=z_loss, softcap=softcap)
+        _chunk_size(chunk_size)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction
