@@ -565,6 +565,16 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
     nz = noisy_test(noisy)
     lines = []
     add = lines.append
+
+    def table_head(head):
+        add("| " + " | ".join(head) + " |")
+        add("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+
+    def floor_row(n, c, t, r, floor_key, keys):
+        """shape, threads, the floor's time, then each op's time with its ratio to it."""
+        floor = r.get(floor_key)
+        return ([shape_label(n, c), str(t), cell(floor, None, nz(n, c, t, floor_key))]
+                + [cell(r.get(k), ratio(r.get(k), floor), nz(n, c, t, k)) for k in keys])
     add("## fusedce CPU benchmark")
     add("")
     add(f"- machine: {meta['cpu']}, {meta['cores']} cores usable; "
@@ -582,19 +592,14 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
     head = ["shape", "threads", "read", "fused", "unfused (ours)"]
     if has_torch:
         head += ["torch", "fused vs torch"]
-    add("| " + " | ".join(head) + " |")
-    add("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+    table_head(head)
     for (n, c), per in results.items():
         for t in threads_list:
             r = per[t]
-            read = r.get(FLOOR_READ)
-            row = [shape_label(n, c), str(t), cell(read, None, nz(n, c, t, FLOOR_READ))]
-            row += [cell(r.get(k), ratio(r.get(k), read), nz(n, c, t, k))
-                    for k in (FUSED_FWD, UNFUSED_FWD)]
+            keys = (FUSED_FWD, UNFUSED_FWD) + ((TORCH_FWD,) if has_torch else ())
+            row = floor_row(n, c, t, r, FLOOR_READ, keys)
             if has_torch:
-                row += [cell(r.get(TORCH_FWD), ratio(r.get(TORCH_FWD), read),
-                             nz(n, c, t, TORCH_FWD)),
-                        fmt_ratio(ratio(r.get(TORCH_FWD), r.get(FUSED_FWD)))]
+                row.append(fmt_ratio(ratio(r.get(TORCH_FWD), r.get(FUSED_FWD))))
             add("| " + " | ".join(row) + " |")
     add("")
     add("### Forward + backward (loss and gradient): ms (time / copy of the logits)")
@@ -608,21 +613,13 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
         head.append("fused vs torch")
     if has_ref:
         head.append("fused vs numpy")
-    add("| " + " | ".join(head) + " |")
-    add("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+    table_head(head)
     for (n, c), per in results.items():
         for t in threads_list:
             r = per[t]
-            copy = r.get(FLOOR_COPY)
-            row = [shape_label(n, c), str(t), cell(copy, None, nz(n, c, t, FLOOR_COPY))]
-            row += [cell(r.get(k), ratio(r.get(k), copy), nz(n, c, t, k))
-                    for k in (FUSED_FB, FUSED_FB_INPLACE, UNFUSED_FB)]
-            if has_torch:
-                row.append(cell(r.get(TORCH_FB), ratio(r.get(TORCH_FB), copy),
-                                nz(n, c, t, TORCH_FB)))
-            if has_ref:
-                row.append(cell(r.get(NUMPY_FB), ratio(r.get(NUMPY_FB), copy),
-                                nz(n, c, t, NUMPY_FB)))
+            keys = ((FUSED_FB, FUSED_FB_INPLACE, UNFUSED_FB) + ((TORCH_FB,) if has_torch else ())
+                    + ((NUMPY_FB,) if has_ref else ()))
+            row = floor_row(n, c, t, r, FLOOR_COPY, keys)
             if has_torch:
                 row.append(fmt_ratio(ratio(r.get(TORCH_FB), r.get(FUSED_FB))))
             if has_ref:
@@ -655,7 +652,7 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
 
     if meta.get("lm_options"):
         add("")
-        add(f"### Language-model options: forward + backward, ms (time / copy of the logits)")
+        add("### Language-model options: forward + backward, ms (time / copy of the logits)")
         add("")
         add(f"z_loss={LM_Z_LOSS}, softcap={LM_SOFTCAP}; torch = F.cross_entropy of "
             "softcap * tanh(x / softcap) plus z_loss * mean(logsumexp^2), PyTorch ops.")
@@ -664,16 +661,13 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
                 "+both inplace"]
         if has_torch:
             head += ["torch (both)", "fused (both) vs torch"]
-        add("| " + " | ".join(head) + " |")
-        add("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+        table_head(head)
         for (n, c), per in results.items():
             for t in threads_list:
                 r = per[t]
-                copy = r.get(FLOOR_COPY)
-                row = [shape_label(n, c), str(t), cell(copy, None, nz(n, c, t, FLOOR_COPY))]
                 keys = (FUSED_FB, LM_Z, LM_CAP, LM_BOTH, LM_BOTH_INPLACE)
                 keys += (LM_TORCH,) if has_torch else ()
-                row += [cell(r.get(k), ratio(r.get(k), copy), nz(n, c, t, k)) for k in keys]
+                row = floor_row(n, c, t, r, FLOOR_COPY, keys)
                 if has_torch:
                     row.append(fmt_ratio(ratio(r.get(LM_TORCH), r.get(LM_BOTH))))
                 add("| " + " | ".join(row) + " |")
