@@ -63,6 +63,40 @@ def test_large_fused_gradient_matches_reference_and_is_deterministic(shape, opts
         assert other_loss == loss
 
 
+# float16 / bfloat16 rows of 16.4 KiB, 18 MiB in all: streamed, the heads and tails aligned
+# for 32-byte half stores. Their results must be the float32 results rounded once.
+HALF_SHAPES = [((1100, 8200), np.float16), ((1100, 8192), "bfloat16")]
+
+
+@pytest.mark.parametrize("shape,dtype", HALF_SHAPES, ids=["8200-float16", "8192-bfloat16"])
+@pytest.mark.parametrize("opts", OPTIONS[:3], ids=lambda o: "-".join(o) or "plain")
+def test_large_half_gradient_is_float32_rounded_once(shape, dtype, opts):
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    x32, t, kw = _case(shape, opts)
+    x = x32.astype(dtype)
+    x32 = x.astype(np.float32)  # the half values, exactly
+    want_loss, want_grad = fusedce.cross_entropy_with_grad(x32, t, reduction="sum", **kw)
+    want_grad = want_grad.astype(dtype)
+    before = fusedce.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fusedce.set_num_threads(threads)
+            buf = np.empty(x.size + 1, dtype)[1:].reshape(x.shape)  # 2 bytes off alignment
+            scratch = x.copy()
+            for kind, got in (("out", fusedce.cross_entropy_with_grad(x, t, reduction="sum", **kw)),
+                              ("offset out", fusedce.cross_entropy_with_grad(
+                                  x, t, reduction="sum", out=buf, **kw)),
+                              ("in place", fusedce.cross_entropy_with_grad(
+                                  scratch, t, reduction="sum", inplace=True, **kw))):
+                loss, grad = got
+                what = f"{threads} threads, {kind}"
+                assert loss == want_loss, what
+                assert np.array_equal(grad.view(np.uint16), want_grad.view(np.uint16)), what
+    finally:
+        fusedce.set_num_threads(before)
+
+
 @pytest.mark.parametrize("c", [10, 48, 49, 300])  # the small-class path up to 48, then rows
 @pytest.mark.parametrize("tdtype", [np.int32, np.int64])
 def test_unvalidated_out_of_range_targets_give_nan_rows(c, tdtype):

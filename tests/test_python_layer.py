@@ -290,12 +290,15 @@ def test_cuda_kernels_get_half_types_natively(dtype):
     assert not backend.on_gpu
 
 
-def test_cpu_kernels_get_float32_for_half_types():
+def test_cpu_kernels_get_half_types_as_they_are():
+    """No conversion to float32 on the way in (the kernels read half types themselves)."""
     ops = RecordingOps()
     backend = arrays.Backend(np, -1, ops, False)
     softmax = functional._runs_on(functional.softmax, lambda named: backend)
     softmax(np.zeros((2, 3), BF16))
-    assert ops.calls == [(_core.DType.float32, _core.DType.float32, -1, 0)]
+    softmax(np.zeros((2, 3), np.float16))
+    assert ops.calls == [(_core.DType.bfloat16, _core.DType.bfloat16, -1, 0),
+                         (_core.DType.float16, _core.DType.float16, -1, 0)]
     assert arrays.HOST.ops is _core and not arrays.HOST.cuda_kernels
 
 

@@ -34,24 +34,25 @@
 namespace fusedce::cpu {
 namespace {
 
-// What the cross-entropy of one row needs to know before its sweep.
-template <class T>
+// What the cross-entropy of one row needs to know before its sweep. Rows (logits, gradient,
+// probability targets) are stored as X, and computed in T (float32 for half types).
+template <class T, class X>
 struct CeRow {
-  const T* x;
-  T* d;                     // gradient row or nullptr
+  const X* x;
+  X* d;                     // gradient row or nullptr
   int64_t t = -1;           // class index, -1 for an ignored row or a probability target
   bool bad = false;         // out-of-range index
   T x_t = 0, w_t = 0;       // logit (capped, with a softcap) and weight of the target class
   T g = 1;                  // upstream factor, 0 for ignored rows
-  ClassCoefficients<T> k;   // the u_c of the smoothing / probability term
+  ClassCoefficients<T, X> k;  // the u_c of the smoothing / probability term
   bool dot = false;         // whether the sweep must gather sum u_c x_c
-  const T* q = nullptr;     // probability target row
+  const X* q = nullptr;     // probability target row
   bool elsewhere = false;   // a counted class index in another shard (t is then -1)
 
   bool ignored() const { return t < 0 && !bad && !q && !elsewhere; }
 };
 
-template <class T>
+template <class T, class X>
 struct CeContext {
   const Rows& logits;
   const Target& target;
@@ -82,15 +83,15 @@ struct CeContext {
   }
 
   template <class S>
-  CeRow<T> row(int64_t r, const Rows* dx) const {
-    CeRow<T> row;
+  CeRow<T, X> row(int64_t r, const Rows* dx) const {
+    CeRow<T, X> row;
     const int64_t C = logits.cols;
-    row.x = row_ptr<T>(logits, r);
-    row.d = dx ? row_ptr<T>(*dx, r) : nullptr;
+    row.x = row_ptr<X>(logits, r);
+    row.d = dx ? row_ptr<X>(*dx, r) : nullptr;
     row.g = grad_factor<T>(stats, r);
     row.k.w = w;
     if (probs) {
-      row.k.q = row.q = reinterpret_cast<const T*>(target.data) + r * target.stride;
+      row.k.q = row.q = reinterpret_cast<const X*>(target.data) + r * target.stride;
       row.k.a = 1 - eps;
       row.k.b = eps / static_cast<T>(C);
       row.dot = true;
@@ -105,7 +106,7 @@ struct CeContext {
       row.w_t = w_all ? w_all[t] : T(1);
       if (t - offset >= 0 && t - offset < C) {
         row.t = t - offset;
-        row.x_t = capped<S>(row.x[row.t]);  // read now: an in-place sweep overwrites it
+        row.x_t = capped<S>(widen(row.x[row.t]));  // read now: an in-place sweep overwrites it
       } else {
         row.elsewhere = true;  // another shard holds the target (and its one-hot term)
       }
@@ -130,7 +131,7 @@ struct CeContext {
 
   T z_term(const RowSummary<T>& s) const { return z != 0 ? z * s.lse * s.lse : T(0); }
 
-  T loss(const CeRow<T>& row, const RowSummary<T>& s) const {
+  T loss(const CeRow<T, X>& row, const RowSummary<T>& s) const {
     if (row.bad) return quiet_nan<T>();
     if (probs) return s.usum * s.lse - s.dot + z_term(s);
     if (row.ignored()) return 0;
@@ -140,7 +141,7 @@ struct CeContext {
   }
 
   // The factor A of p_c, and k turned into the subtracted term g u'_c, for the gradient.
-  T gradient_terms(const CeRow<T>& row, const RowSummary<T>& s, ClassCoefficients<T>& k) const {
+  T gradient_terms(const CeRow<T, X>& row, const RowSummary<T>& s, ClassCoefficients<T, X>& k) const {
     if (row.bad) {
       k.a = 0;
       k.b = quiet_nan<T>();
@@ -158,18 +159,14 @@ struct CeContext {
     return row.g * ((1 - eps) * row.w_t + eps / C * w_sum + z_slope);
   }
 
-  void write_stats(int64_t r, const CeRow<T>& row, const RowSummary<T>& s) const {
+  void write_stats(int64_t r, const CeRow<T, X>& row, const RowSummary<T>& s) const {
     if (stats.loss) reinterpret_cast<T*>(stats.loss)[r] = loss(row, s);
     if (stats.lse && !stats.lse_is_input) reinterpret_cast<T*>(stats.lse)[r] = s.lse;
     if (stats.argmax) reinterpret_cast<int64_t*>(stats.argmax)[r] = s.argmax;
   }
 
   // The one-hot term of the gradient, -g (1-eps) w_t at class t (none for other rows).
-  T one_hot(const CeRow<T>& row) const { return row.t >= 0 ? row.g * (1 - eps) * row.w_t : T(0); }
-  // (after a sweep that did not subtract it; the cap's slope at t applies to it too)
-  void subtract_one_hot(const CeRow<T>& row) const {
-    if (row.t >= 0) row.d[row.t] -= one_hot(row) * cap_slope(row.x_t);
-  }
+  T one_hot(const CeRow<T, X>& row) const { return row.t >= 0 ? row.g * (1 - eps) * row.w_t : T(0); }
 };
 
 // ---- Few classes (C <= kSmallClasses), class-index targets ------------------------------
@@ -177,12 +174,12 @@ struct CeContext {
 // rows and the per-row overhead (horizontal reductions, chunk logic) disappears.
 constexpr int64_t kSmallClasses = 48;
 
-template <class V, class T = typename V::T>
-void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx) {
+template <class V, class T, class X>
+void cross_entropy_small_block(const CeContext<T, X>& ce, int64_t r, const Rows* dx) {
   constexpr int W = V::width;
   const Rows& logits = ce.logits;
   const int64_t C = logits.cols, xs = logits.row_stride;
-  const T* x = row_ptr<T>(logits, r);
+  const X* x = row_ptr<X>(logits, r);
   const T eps = ce.eps, inv_c = T(1) / static_cast<T>(C);
   const bool has_w = ce.w != nullptr;
 
@@ -252,7 +249,7 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
   const V a = g * A / sum;
   const V b = g * V::set1(eps * inv_c);
   const V one_hot = g * V::set1(1 - eps) * wt;
-  T* d = row_ptr<T>(*dx, r);
+  X* d = row_ptr<X>(*dx, r);
   const int64_t ds = dx->row_stride;  // a local, so the lane offsets stay out of the loop
   for (int64_t c = 0; c < C; ++c) {
     const V sub = has_w ? b * V::set1(ce.w[c]) : b;
@@ -264,10 +261,10 @@ void cross_entropy_small_block(const CeContext<T>& ce, int64_t r, const Rows* dx
   }
 }
 
-template <class V, class T = typename V::T>
+template <class V, class X, class T = typename V::T>
 void cross_entropy_small_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                               const RowStats& stats, const Rows* dx, int64_t r0, int64_t r1) {
-  const CeContext<T> ce(logits, target, opt, stats);
+  const CeContext<T, X> ce(logits, target, opt, stats);
   by_blocks<V>(r0, r1, [&](int64_t r) { cross_entropy_small_block<V>(ce, r, dx); },
                [&](int64_t r) { cross_entropy_small_block<typename V::Scalar>(ce, r, dx); });
 }
@@ -287,15 +284,15 @@ inline bool use_small_classes(const Rows& logits, const Target& target, const Lo
 }
 
 // Loss (and lse, argmax) only: one read of each row.
-template <class V, class T = typename V::T>
+template <class V, class X = typename V::T, class T = typename V::T>
 void cross_entropy_forward_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                 const RowStats& stats, int64_t r0, int64_t r1) {
   if (use_small_classes(logits, target, opt, nullptr, V::width))
-    return cross_entropy_small_rows<V>(logits, target, opt, stats, nullptr, r0, r1);
-  const CeContext<T> ce(logits, target, opt, stats);
+    return cross_entropy_small_rows<V, X>(logits, target, opt, stats, nullptr, r0, r1);
+  const CeContext<T, X> ce(logits, target, opt, stats);
   alignas(64) T capped[kChunk];  // a softcap's buffer for one chunk (summarise_row)
   for (int64_t r = r0; r < r1; ++r) {
-    const CeRow<T> row = ce.template row<typename V::Scalar>(r, nullptr);
+    const CeRow<T, X> row = ce.template row<typename V::Scalar>(r, nullptr);
     RowSummary<T> s;
     with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
       constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
@@ -318,19 +315,22 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 // sweep 2 of each row runs inside sweep 1 of the next (PendingGradient in rowwise.h), so
 // that its stores drain to memory while the next row's exps are computed. With
 // stats.lse_is_input (a backward given the forward's lse), a single sweep suffices.
-template <class V, class T = typename V::T>
+template <class V, class X = typename V::T, class T = typename V::T>
 void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                   const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1) {
   if (use_small_classes(logits, target, opt, &dx, V::width))
-    return cross_entropy_small_rows<V>(logits, target, opt, stats, &dx, r0, r1);
-  const CeContext<T> ce(logits, target, opt, stats);
+    return cross_entropy_small_rows<V, X>(logits, target, opt, stats, &dx, r0, r1);
+  const CeContext<T, X> ce(logits, target, opt, stats);
   const int64_t C = logits.cols;
   // Two scratch rows (the current row's exps, and the pending row's); without scratch
-  // memory the exps go to the gradient row itself and nothing is pipelined.
+  // memory the exps go to the gradient row itself and nothing is pipelined, or, when that
+  // row is too narrow to hold them (half types), lse is found first: two reads of the row.
   T* scratch = static_cast<T*>(thread_scratch(2 * static_cast<std::size_t>(C) * sizeof(T)));
+  constexpr bool narrower = !std::is_same_v<X, T>;
+  const bool two_reads = narrower && !scratch;
   // In place (dx over the logits), plain stores are faster: each line was just read, so it
   // is in cache and needs no read before the write; a streaming store would evict it first.
-  const bool stream = scratch && stream_output<T>(dx) && dx.data != logits.data;
+  const bool stream = scratch && stream_output<X>(dx) && dx.data != logits.data;
   const bool argmax = stats.argmax != 0;
   with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
    with_flag(ce.cap != 0, [&](auto has_cap) {
@@ -338,28 +338,41 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
     constexpr bool Cap = decltype(has_cap)::value;
     T chunk_max[2][kMaxChunks];
     int cur = 0;  // which scratch row and chunk_max the current row uses
-    PendingGradient<T> pending;
+    PendingGradient<T, X> pending;
     bool have_pending = false;
     for (int64_t r = r0; r < r1; ++r) {
-      const CeRow<T> row = ce.template row<typename V::Scalar>(r, &dx);
+      const CeRow<T, X> row = ce.template row<typename V::Scalar>(r, &dx);
       if (row.ignored() && (!stats.lse || stats.lse_is_input) && !argmax) {  // loss 0, grad 0
         fill(row.d, C, T(0));
         ce.write_stats(r, row, RowSummary<T>{});
         continue;
       }
       RowSummary<T> s;
-      ClassCoefficients<T> k = row.k;
-      if (stats.lse_is_input) {
-        s.lse = reinterpret_cast<const T*>(stats.lse)[r];
-        // The loss and a probability target's gradient need the weighted sums: one more read.
-        if (row.dot && (stats.loss || ce.probs))
-          weighted_sums<V, HasQ, HasW>(row.x, C, row.k, s.dot, s.usum);
+      ClassCoefficients<T, X> k = row.k;
+      if (stats.lse_is_input || two_reads) {
+        if constexpr (narrower) {
+          if (two_reads) {
+            alignas(64) T capped[kChunk];  // a softcap's buffer for one chunk (summarise_row)
+            with_flag(row.dot, [&](auto dot) {
+              s = summarise_row<V, false, decltype(dot)::value, HasQ, HasW, false, Cap>(
+                  row.x, C, row.k, capped, nullptr, argmax, nullptr, ce.cap);
+            });
+          }
+        }
+        if (stats.lse_is_input) {
+          s.lse = reinterpret_cast<const T*>(stats.lse)[r];
+          // The loss and a probability target's gradient need the weighted sums: one more read.
+          if (row.dot && (stats.loss || ce.probs))
+            weighted_sums<V, HasQ, HasW>(row.x, C, row.k, s.dot, s.usum);
+        }
         const T A = ce.gradient_terms(row, s, k);
-        gradient_from_lse<V, HasQ, HasW, Cap>(row.x, row.d, C, s.lse, A, k, ce.cap);
+        gradient_from_lse<V, HasQ, HasW, Cap>(row.x, row.d, C, s.lse, A, k, ce.cap, row.t, ce.one_hot(row));
       } else {
         // With a softcap the scratch row receives the capped logits; without scratch, the
         // gradient row does (over the logits when in place: the gradient needs only them).
-        T* e = scratch ? scratch + cur * C : row.d;
+        T* e;
+        if constexpr (narrower) e = scratch + cur * C;
+        else e = scratch ? scratch + cur * C : row.d;
         // this row's sweep 1 carries the pending row's sweep 2 when there is one
         with_flags(have_pending, row.dot, [&](auto carry, auto dot) {
           constexpr bool Carry = decltype(carry)::value, Dot = decltype(dot)::value;
@@ -368,7 +381,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         });
         have_pending = false;
         const T A = ce.gradient_terms(row, s, k);
-        const PendingGradient<T> grad{row.d, e,   chunk_max[cur], s.lse,  A,
+        const PendingGradient<T, X> grad{row.d, e,   chunk_max[cur], s.lse,  A,
                                       k,     row.t, ce.one_hot(row), Cap ? T(1) / ce.cap : T(0)};
         if (stream && !row.ignored()) {
           pending = grad;
@@ -382,7 +395,6 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
       }
       if (row.ignored()) fill(row.d, C, T(0));  // exactly 0, even where the logits are NaN
       ce.write_stats(r, row, s);
-      if (stats.lse_is_input) ce.subtract_one_hot(row);  // the other paths wrote it with the row
     }
     if (have_pending) finish_from_exps<V, HasQ, HasW, true, Cap>(pending, C);
    });
@@ -392,11 +404,11 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
 
 // Vocab-parallel statistics of a class shard (ShardStats in types.h): one read of each row,
 // the forward sweep of cross_entropy_forward_rows with other outputs. Class-index targets.
-template <class V, class T = typename V::T>
+template <class V, class X = typename V::T, class T = typename V::T>
 void cross_entropy_shard_stats_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                     const ShardStats& out, int64_t r0, int64_t r1) {
   const RowStats no_stats{};
-  const CeContext<T> ce(logits, target, opt, no_stats);
+  const CeContext<T, X> ce(logits, target, opt, no_stats);
   const int64_t C = logits.cols;
   T* const out_max = reinterpret_cast<T*>(out.max);
   T* const out_sum = reinterpret_cast<T*>(out.sum);
@@ -407,7 +419,7 @@ void cross_entropy_shard_stats_rows(const Rows& logits, const Target& target, co
    with_flag(ce.w != nullptr, [&](auto has_w) {
     constexpr bool Dot = decltype(want_dot)::value, HasW = decltype(has_w)::value;
     for (int64_t r = r0; r < r1; ++r) {
-      const CeRow<T> row = ce.template row<typename V::Scalar>(r, nullptr);
+      const CeRow<T, X> row = ce.template row<typename V::Scalar>(r, nullptr);
       RowSummary<T> s;
       if (row.ignored()) {  // contributes nothing: no read
         s.max = 0;

@@ -10,18 +10,20 @@
 namespace fusedce::cpu {
 namespace {
 
-template <class V, class T = typename V::T>
-void exp_array(const T* x, T* y, int64_t n) {
+template <class V, class X>
+void exp_array(const X* x, X* y, int64_t n) {
   int64_t i = 0;
   for (; i + V::width <= n; i += V::width) vexp(V::load(x + i)).store(y + i);
-  for (; i < n; ++i) y[i] = vexp(typename V::Scalar{x[i]}).v;
+  for (; i < n; ++i) y[i] = narrow<X>(vexp(V::Scalar::load(x + i)).v);
 }
 
-template <class V>
-KernelsFor<typename V::T> kernels_for() {
-  return {softmax_forward_rows<V>, softmax_backward_rows<V>, cross_entropy_forward_rows<V>,
-          cross_entropy_with_grad_rows<V>, cross_entropy_shard_stats_rows<V>, nll_forward_rows<V>,
-          nll_backward_rows<V>, mse_forward_rows<V>, mse_backward_rows<V>, exp_array<V>};
+// The kernels for rows stored as X, computed with V (float32 vectors for the half types).
+template <class V, class X = typename V::T>
+KernelsFor<X> kernels_for() {
+  return {softmax_forward_rows<V, X>,  softmax_backward_rows<V, X>,         cross_entropy_forward_rows<V, X>,
+          cross_entropy_with_grad_rows<V, X>, cross_entropy_shard_stats_rows<V, X>, nll_forward_rows<V, X>,
+          nll_backward_rows<V, X>,     mse_forward_rows<V, X>,              mse_backward_rows<V, X>,
+          exp_array<V, X>};
 }
 
 // (The host helpers are named *_here: the dispatching cpu::sum_as_double / cpu::index_range
@@ -69,7 +71,13 @@ void index_range_here(std::uintptr_t data, int64_t n, DType dtype, int64_t& lo, 
 
 template <class V32, class V64>
 KernelTable make_table(const char* name) {
-  return {name, kernels_for<V32>(), kernels_for<V64>(), sum_as_double_here, index_range_here};
+  return {name,
+          kernels_for<V32>(),
+          kernels_for<V64>(),
+          kernels_for<V32, Half>(),
+          kernels_for<V32, BFloat16>(),
+          sum_as_double_here,
+          index_range_here};
 }
 
 }  // namespace

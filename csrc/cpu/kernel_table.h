@@ -3,10 +3,12 @@
 // ops_cpu.cpp splits the rows over threads and calls into it.
 #pragma once
 #include "core/types.h"
+#include "cpu/half.h"
 
 namespace fusedce::cpu {
 
-template <class T>
+// X is how the rows are stored: float, double, or a 16-bit type of half.h (computed in float).
+template <class X>
 struct KernelsFor {
   void (*softmax_forward)(const Rows& x, const Rows& y, bool log, int64_t r0, int64_t r1);
   void (*softmax_backward)(const Rows& grad, const Rows& y, const Rows& dx, bool log, int64_t r0,
@@ -25,13 +27,15 @@ struct KernelsFor {
                       int64_t r0, int64_t r1);
   void (*mse_backward)(const Rows& pred, const Rows& target, const Rows& grad_each,
                        const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1);
-  void (*exp)(const T* x, T* y, int64_t n);  // the vectorised exp, exposed for its tests
+  void (*exp)(const X* x, X* y, int64_t n);  // the vectorised exp, exposed for its tests
 };
 
 struct KernelTable {
   const char* name;
   KernelsFor<float> f32;
   KernelsFor<double> f64;
+  KernelsFor<Half> f16;
+  KernelsFor<BFloat16> bf16;
   // Host helpers for the Python layer, vectorised like the kernels (see ops_cpu.cpp).
   double (*sum_as_double)(std::uintptr_t data, int64_t n, DType dtype);
   void (*index_range)(std::uintptr_t data, int64_t n, DType dtype, int64_t& lo, int64_t& hi);

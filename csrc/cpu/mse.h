@@ -10,14 +10,15 @@
 namespace fusedce::cpu {
 namespace {
 
-template <class V, class T = typename V::T>
+// pred, target, grad_each and dx are stored as X; `each` and the sums are in T (rowwise.h).
+template <class V, class X = typename V::T, class T = typename V::T>
 void mse_forward_rows(const Rows& pred, const Rows& target, const RowStats& stats, const Rows& each,
                       int64_t r0, int64_t r1) {
   constexpr int W = V::width;
   const int64_t C = pred.cols;
   for (int64_t r = r0; r < r1; ++r) {
-    const T* p = row_ptr<T>(pred, r);
-    const T* t = row_ptr<T>(target, r);
+    const X* p = row_ptr<X>(pred, r);
+    const X* t = row_ptr<X>(target, r);
     T* e = each.data ? row_ptr<T>(each, r) : nullptr;
     V acc = V::set1(0);
     int64_t c = 0;
@@ -29,7 +30,7 @@ void mse_forward_rows(const Rows& pred, const Rows& target, const RowStats& stat
     }
     T sum = acc.hsum();
     for (; c < C; ++c) {
-      const T diff = p[c] - t[c];
+      const T diff = widen(p[c]) - widen(t[c]);
       if (e) e[c] = diff * diff;
       sum += diff * diff;
     }
@@ -37,16 +38,16 @@ void mse_forward_rows(const Rows& pred, const Rows& target, const RowStats& stat
   }
 }
 
-template <class V, class T = typename V::T>
+template <class V, class X = typename V::T, class T = typename V::T>
 void mse_backward_rows(const Rows& pred, const Rows& target, const Rows& grad_each,
                        const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1) {
   constexpr int W = V::width;
   const int64_t C = pred.cols;
   for (int64_t r = r0; r < r1; ++r) {
-    const T* p = row_ptr<T>(pred, r);
-    const T* t = row_ptr<T>(target, r);
-    const T* g = grad_each.data ? row_ptr<T>(grad_each, r) : nullptr;
-    T* d = row_ptr<T>(dx, r);
+    const X* p = row_ptr<X>(pred, r);
+    const X* t = row_ptr<X>(target, r);
+    const X* g = grad_each.data ? row_ptr<X>(grad_each, r) : nullptr;
+    X* d = row_ptr<X>(dx, r);
     const T two_f = 2 * grad_factor<T>(stats, r);
     const V vtwo = V::set1(two_f), two = V::set1(2);
     int64_t c = 0;
@@ -54,7 +55,10 @@ void mse_backward_rows(const Rows& pred, const Rows& target, const Rows& grad_ea
       const V diff = V::load(p + c) - V::load(t + c);
       (g ? two * diff * V::load(g + c) : vtwo * diff).store(d + c);
     }
-    for (; c < C; ++c) d[c] = g ? 2 * (p[c] - t[c]) * g[c] : two_f * (p[c] - t[c]);
+    for (; c < C; ++c) {
+      const T diff = widen(p[c]) - widen(t[c]);
+      d[c] = narrow<X>(g ? 2 * diff * widen(g[c]) : two_f * diff);
+    }
   }
 }
 

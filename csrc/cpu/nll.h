@@ -15,28 +15,29 @@ inline T class_weight(const LossOptions& opt, int64_t t) {
   return opt.weight ? reinterpret_cast<const T*>(opt.weight)[t] : T(1);
 }
 
-template <class V, class T = typename V::T>
+// logp is stored as X, the losses and factors are in T (see rowwise.h).
+template <class V, class X = typename V::T, class T = typename V::T>
 void nll_forward_rows(const Rows& logp, const Target& target, const LossOptions& opt,
                       const RowStats& stats, int64_t r0, int64_t r1) {
   T* loss = reinterpret_cast<T*>(stats.loss);
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t y = class_index(target, r);
     const int64_t t = usable_class(y, logp.cols, opt.ignore_index);
-    if (t >= 0) loss[r] = -class_weight<T>(opt, t) * row_ptr<T>(logp, r)[t];
+    if (t >= 0) loss[r] = -class_weight<T>(opt, t) * widen(row_ptr<X>(logp, r)[t]);
     else loss[r] = y == opt.ignore_index ? T(0) : quiet_nan<T>();
   }
 }
 
-template <class V, class T = typename V::T>
+template <class V, class X = typename V::T, class T = typename V::T>
 void nll_backward_rows(const Rows& logp, const Target& target, const LossOptions& opt,
                        const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
-    T* d = row_ptr<T>(dx, r);
+    X* d = row_ptr<X>(dx, r);
     const int64_t y = class_index(target, r);
     const int64_t t = usable_class(y, logp.cols, opt.ignore_index);
     const bool bad = t < 0 && y != opt.ignore_index;
     fill(d, dx.cols, bad ? quiet_nan<T>() : T(0));
-    if (t >= 0) d[t] = -class_weight<T>(opt, t) * grad_factor<T>(stats, r);
+    if (t >= 0) d[t] = narrow<X>(-class_weight<T>(opt, t) * grad_factor<T>(stats, r));
   }
 }
 

@@ -13,12 +13,16 @@ int64_t grain_rows(int64_t cols) {
   return rows < 16 ? (rows < 1 ? 1 : rows) : rows / 16 * 16;
 }
 
-// Calls f(kernels) with the float32 or float64 table of the active instruction set.
+// Calls f(kernels) with the active instruction set's kernels for rows of this dtype.
 template <class F>
 void with_kernels(DType dtype, F&& f) {
   const KernelTable& table = active_kernels();
-  if (dtype == DType::Float64) f(table.f64);
-  else f(table.f32);
+  switch (dtype) {
+    case DType::Float64: return f(table.f64);
+    case DType::Float16: return f(table.f16);
+    case DType::BFloat16: return f(table.bf16);
+    default: return f(table.f32);
+  }
 }
 
 template <class F>

@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "core/types.h"
+#include "cpu/half.h"
 #include "cpu/thread_pool.h"
 #include "cpu/vmath.h"
 
@@ -50,23 +51,27 @@ inline bool is_nan(T x) {
   return x != x;
 }
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
-template <class T>
-inline void fill(T* d, int64_t n, T value) {
-  for (int64_t i = 0; i < n; ++i) d[i] = value;
+// n copies of value, stored as X (a half row gets value rounded once).
+template <class X, class T>
+inline void fill(X* d, int64_t n, T value) {
+  const X stored = narrow<X>(value);
+  for (int64_t i = 0; i < n; ++i) d[i] = stored;
 }
-template <class T>
-inline int64_t first_index_of(const T* x, int64_t n, T value) {
+// Rows are stored as X (float, double, or a half type of half.h) and computed in T, the
+// instruction set's Vec::T: widen() reads a stored value, narrow<X>() stores one.
+template <class X, class T>
+inline int64_t first_index_of(const X* x, int64_t n, T value) {
   for (int64_t i = 0; i < n; ++i)
-    if (x[i] == value) return i;
+    if (widen(x[i]) == value) return i;
   return 0;
 }
 // First index of the row's largest value; NaN wins, as in numpy.argmax.
-template <class T>
-inline int64_t argmax_of(const T* x, int64_t n) {
+template <class X>
+inline int64_t argmax_of(const X* x, int64_t n) {
   int64_t best = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (is_nan(x[i])) return i;
-    if (x[i] > x[best]) best = i;
+    if (is_nan(widen(x[i]))) return i;
+    if (widen(x[i]) > widen(x[best])) best = i;
   }
   return best;
 }
@@ -105,8 +110,8 @@ inline int64_t class_index(const Target& t, int64_t r) {
                                  : reinterpret_cast<const int64_t*>(t.data)[r * t.stride];
 }
 
-template <class V, class T = typename V::T>
-T max_of(const T* x, int64_t n) {
+template <class V, class X, class T = typename V::T>
+T max_of(const X* x, int64_t n) {
   constexpr int W = V::width;
   V m0 = V::set1(neg_inf<T>()), m1 = m0;
   int64_t i = 0;
@@ -116,12 +121,12 @@ T max_of(const T* x, int64_t n) {
   }
   for (; i + W <= n; i += W) m0 = V::max(m0, V::load(x + i));
   T m = V::max(m0, m1).hmax();
-  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (; i < n; ++i) m = widen(x[i]) > m ? widen(x[i]) : m;
   return m;
 }
 
-template <class V, class T = typename V::T>
-T sum_of(const T* x, int64_t n) {
+template <class V, class X, class T = typename V::T>
+T sum_of(const X* x, int64_t n) {
   constexpr int W = V::width;
   V s0 = V::set1(0), s1 = s0;
   int64_t i = 0;
@@ -131,22 +136,22 @@ T sum_of(const T* x, int64_t n) {
   }
   for (; i + W <= n; i += W) s0 = s0 + V::load(x + i);
   T s = (s0 + s1).hsum();
-  for (; i < n; ++i) s += x[i];
+  for (; i < n; ++i) s += widen(x[i]);
   return s;
 }
 
 // Per-class coefficients u_c = (a q_c + b) w_c of a weighted sum over the row; q and w are
-// left out (taken as 0 and 1) unless HasQ / HasW.
-template <class T>
+// left out (taken as 0 and 1) unless HasQ / HasW. q is stored like the logits (X), w in T.
+template <class T, class X = T>
 struct ClassCoefficients {
-  const T* q = nullptr;  // probability target row
+  const X* q = nullptr;  // probability target row
   const T* w = nullptr;  // class weights
   T a = 0, b = 1;
 };
 
 // u_j = (a q_j + b) w_j for the W classes starting at j (V may be the one-lane Scalar).
-template <class V, bool HasQ, bool HasW, class T = typename V::T>
-inline V coefficient(const ClassCoefficients<T>& k, int64_t j) {
+template <class V, bool HasQ, bool HasW, class T, class X>
+inline V coefficient(const ClassCoefficients<T, X>& k, int64_t j) {
   V u = V::set1(k.b);
   if constexpr (HasQ) u = V::fma(V::set1(k.a), V::load(k.q + j), u);
   if constexpr (HasW) u = u * V::load(k.w + j);
@@ -154,8 +159,8 @@ inline V coefficient(const ClassCoefficients<T>& k, int64_t j) {
 }
 
 // dot += sum_j u_j x_j and usum += sum_j u_j over the n classes of a chunk.
-template <class V, bool HasQ, bool HasW, class T = typename V::T>
-void weighted_sums(const T* x, int64_t n, const ClassCoefficients<T>& k, T& dot, T& usum) {
+template <class V, bool HasQ, bool HasW, class Src, class T, class X>
+void weighted_sums(const Src* x, int64_t n, const ClassCoefficients<T, X>& k, T& dot, T& usum) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
   V d = V::set1(0), u = V::set1(0);
@@ -171,7 +176,7 @@ void weighted_sums(const T* x, int64_t n, const ClassCoefficients<T>& k, T& dot,
   T ds = d.hsum(), us = u.hsum();
   for (; i < n; ++i) {
     T c = coefficient<S, HasQ, HasW>(k, i).v;
-    ds += c == T(0) ? T(0) : c * x[i];
+    ds += c == T(0) ? T(0) : c * widen(x[i]);
     us += c;
   }
   dot += ds;
@@ -180,14 +185,15 @@ void weighted_sums(const T* x, int64_t n, const ClassCoefficients<T>& k, T& dot,
 
 // A row whose gradient is still to be written (the second sweep of the fused kernel), and
 // the sweep itself over classes [begin, end): d_c = e_c s - u_c, u_c = (a q_c + b) w_c, with
-// streaming stores when Stream (then d + begin must be aligned to a vector).
-template <class T>
+// streaming stores when Stream (then d + begin must be aligned to a vector). The gradient
+// row is stored as X; everything else is in T.
+template <class T, class X = T>
 struct PendingGradient {
-  T* d = nullptr;                // the gradient row
+  X* d = nullptr;                // the gradient row
   const T* e = nullptr;          // exp(x - chunk max) from the first sweep
   const T* chunk_max = nullptr;  // the running max each chunk was taken against
   T lse = 0, scale = 0;          // the row's log-sum-exp and factor of p_c
-  ClassCoefficients<T> k;        // the subtracted terms
+  ClassCoefficients<T, X> k;     // the subtracted terms
   int64_t hot = -1;              // the target class, where hot_value is subtracted too
   T hot_value = 0;               // (applied as the row is written: reading back a streamed
                                  // line afterwards would wait for memory)
@@ -196,11 +202,13 @@ struct PendingGradient {
   T chunk_scale(int64_t chunk) const { return scale * scalar_exp(chunk_max[chunk] - lse); }
 };
 
-// How many elements from d to the first address aligned for a vector of V.
-template <class V, class T>
-inline int64_t misalignment_shift(const T* d) {
-  const std::uintptr_t off = reinterpret_cast<std::uintptr_t>(d) % sizeof(V);
-  return off ? static_cast<int64_t>((sizeof(V) - off) / sizeof(T)) : 0;
+// How many elements from d to the first address aligned for a vector of V stored as X
+// (a streaming store needs that alignment).
+template <class V, class X>
+inline int64_t misalignment_shift(const X* d) {
+  constexpr std::uintptr_t bytes = V::width * sizeof(X);
+  const std::uintptr_t off = reinterpret_cast<std::uintptr_t>(d) % bytes;
+  return off ? static_cast<int64_t>((bytes - off) / sizeof(X)) : 0;
 }
 
 // d (1 - (x' / softcap)^2): a gradient with respect to capped logits x', taken back through
@@ -213,8 +221,8 @@ inline V through_cap(V d, V capped, T inv_cap) {
 
 // One vector of the gradient: p_c = e_c s (or exp(x'_c - lse) when Cap, where e holds the
 // capped logits x'), times the row's factor, less the subtracted terms.
-template <class V, bool HasQ, bool HasW, bool Stream, bool Cap = false, class T = typename V::T>
-inline void finish_vector(const PendingGradient<T>& p, int64_t c, V s) {
+template <class V, bool HasQ, bool HasW, bool Stream, bool Cap = false, class T, class X>
+inline void finish_vector(const PendingGradient<T, X>& p, int64_t c, V s) {
   const V e = V::load(p.e + c);
   V v;
   if constexpr (Cap) v = vexp(e - V::set1(p.lse)) * V::set1(p.scale) - coefficient<V, HasQ, HasW>(p.k, c);
@@ -230,14 +238,14 @@ inline void finish_vector(const PendingGradient<T>& p, int64_t c, V s) {
   else v.store(p.d + c);
 }
 
-template <class V, bool HasQ, bool HasW, bool Cap = false, class T = typename V::T>
-inline void finish_scalar(const PendingGradient<T>& p, int64_t c, T s) {
+template <class V, bool HasQ, bool HasW, bool Cap = false, class T, class X>
+inline void finish_scalar(const PendingGradient<T, X>& p, int64_t c, T s) {
   using S = typename V::Scalar;
   T v = Cap ? vexp(S{p.e[c] - p.lse}).v * p.scale : p.e[c] * s;
   v -= coefficient<S, HasQ, HasW>(p.k, c).v;
   if (c == p.hot) v -= p.hot_value;
   if constexpr (Cap) v = through_cap(S{v}, S{p.e[c]}, p.inv_cap).v;
-  p.d[c] = v;
+  p.d[c] = narrow<X>(v);
 }
 
 // Every class of a range at least a vector wide is computed by the vector code, wherever
@@ -246,16 +254,16 @@ inline void finish_scalar(const PendingGradient<T>& p, int64_t c, T s) {
 // values). Otherwise which classes took the scalar path, and so the last bit of their
 // rounding, would depend on the output's address or on the path. The overlap needs the
 // exps apart from the output (e != d: always, except without scratch memory).
-template <class V, bool HasQ, bool HasW, bool Stream, bool Cap = false, class T = typename V::T>
-void finish_range(const PendingGradient<T>& p, int64_t begin, int64_t end, T s) {
+template <class V, bool HasQ, bool HasW, bool Stream, bool Cap = false, class T, class X>
+void finish_range(const PendingGradient<T, X>& p, int64_t begin, int64_t end, T s) {
   constexpr int W = V::width;
   const V vs = V::set1(s);
   int64_t c = begin;
-  if (end - begin >= W && p.e != p.d) {
-    const std::uintptr_t misaligned = Stream ? reinterpret_cast<std::uintptr_t>(p.d + c) % sizeof(V) : 0;
-    if (misaligned) {
+  if (end - begin >= W && static_cast<const void*>(p.e) != static_cast<const void*>(p.d)) {
+    const int64_t shift = Stream ? misalignment_shift<V>(p.d + c) : 0;
+    if (shift) {
       finish_vector<V, HasQ, HasW, false, Cap>(p, c, vs);
-      c += static_cast<int64_t>((sizeof(V) - misaligned) / sizeof(T));
+      c += shift;
     }
     for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, Stream, Cap>(p, c, vs);
     if (c < end) finish_vector<V, HasQ, HasW, false, Cap>(p, end - W, vs);
@@ -274,10 +282,10 @@ void finish_range(const PendingGradient<T>& p, int64_t begin, int64_t end, T s) 
 // computes, instead of stalling a sweep of their own. The carried vectors are shifted to
 // the pending row's aligned addresses; its head and tail are finished after the loop the
 // way finish_range does them, so every element is computed the same way on either path.
-template <class V, bool Store, bool Carry = false, bool HasQ = false, bool HasW = false,
-          bool Cap = false, class T = typename V::T>
-T sum_exp(const T* x, int64_t n, T m, NoDeduce<T>* e, const T* ahead = nullptr,
-          const PendingGradient<T>* p = nullptr, int64_t c0 = 0, T ps = 0) {
+template <class V, bool Store, bool Carry, bool HasQ, bool HasW, bool Cap, class Src, class X,
+          class T = typename V::T>
+T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
+          const PendingGradient<T, X>* p, int64_t c0, T ps) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
   const V vm = V::set1(m), vps = V::set1(ps);
@@ -314,7 +322,7 @@ T sum_exp(const T* x, int64_t n, T m, NoDeduce<T>* e, const T* ahead = nullptr,
   }
   T s = (s0 + s1).hsum();
   for (; i < n; ++i) {
-    T ei = vexp(S{x[i] - m}).v;
+    T ei = vexp(S{widen(x[i]) - m}).v;
     if constexpr (Store) e[i] = ei;
     s += ei;
   }
@@ -341,14 +349,14 @@ struct RowSummary {
 };
 
 // softcap * tanh(x / softcap) for the n values of x, into out (which may be x).
-template <class V, class T = typename V::T>
-void cap_logits(const T* x, int64_t n, T softcap, T* out) {
+template <class V, class X, class T = typename V::T>
+void cap_logits(const X* x, int64_t n, T softcap, T* out) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
   const V c = V::set1(softcap), inv = V::set1(T(1) / softcap);
   int64_t i = 0;
   for (; i + W <= n; i += W) (c * vtanh(V::load(x + i) * inv)).store(out + i);
-  for (; i < n; ++i) out[i] = softcap * vtanh(S{x[i] * (T(1) / softcap)}).v;
+  for (; i < n; ++i) out[i] = softcap * vtanh(S{widen(x[i]) * (T(1) / softcap)}).v;
 }
 
 // The online sweep described at the top of this file. With Dot it also accumulates
@@ -359,10 +367,10 @@ void cap_logits(const T* x, int64_t n, T softcap, T* out) {
 // into e first (with Store, e is a row and keeps the capped row; without, e is a buffer of
 // kChunk values reused by every chunk), and argmax is that of x as given.
 template <class V, bool Store, bool Dot, bool HasQ, bool HasW, bool Carry = false, bool Cap = false,
-          class T = typename V::T>
-RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>& k,
+          class X, class T = typename V::T>
+RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T, NoDeduce<X>>& k,
                             NoDeduce<T>* e, NoDeduce<T>* chunk_max, bool want_argmax = false,
-                            const PendingGradient<NoDeduce<T>>* pending = nullptr,
+                            const PendingGradient<NoDeduce<T>, NoDeduce<X>>* pending = nullptr,
                             NoDeduce<T> softcap = 0) {
   RowSummary<T> s;
   // without Store no chunk maxima are kept, so Cap's buffer can fix the chunk length
@@ -371,18 +379,21 @@ RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>
   if (Cap && want_argmax) s.argmax = argmax_of(x, cols);
   // argmax: remember the chunk where the max last grew and search it once at the end, unless
   // this sweep overwrites x (e == x), in which case search each such chunk right away.
-  const bool search_now = want_argmax && Store && e == x && !Cap;
+  const bool search_now = want_argmax && Store && static_cast<const void*>(e) == x && !Cap;
   int64_t max_chunk_start = 0;
   for (int64_t c0 = 0, chunk = 0; c0 < cols; c0 += len, ++chunk) {
     const int64_t n = min_i64(len, cols - c0);
-    const T* src = x + c0;
+    using Src = std::conditional_t<Cap, T, X>;  // what the sweeps read: x, or its capped copy
+    const Src* src;
     if constexpr (Cap) {
       T* capped = Store ? e + c0 : e;
-      cap_logits<V>(src, n, softcap, capped);
+      cap_logits<V>(x + c0, n, softcap, capped);
       src = capped;
+    } else {
+      src = x + c0;
     }
     if constexpr (Dot) {
-      ClassCoefficients<T> kc = k;
+      ClassCoefficients<T, X> kc = k;
       if constexpr (HasQ) kc.q += c0;
       if constexpr (HasW) kc.w += c0;
       weighted_sums<V, HasQ, HasW>(src, n, kc, s.dot, s.usum);  // before e overwrites x
@@ -421,36 +432,38 @@ RowSummary<T> summarise_row(const T* x, int64_t cols, const ClassCoefficients<T>
 constexpr int64_t kStreamBytes = int64_t(16) << 20;
 constexpr int64_t kStreamRowBytes = int64_t(2) << 10;
 
-template <class T>
+template <class X>
 inline bool stream_output(const Rows& out) {
-  const int64_t row_bytes = out.cols * static_cast<int64_t>(sizeof(T));
+  const int64_t row_bytes = out.cols * static_cast<int64_t>(sizeof(X));
   return row_bytes >= kStreamRowBytes && out.rows * row_bytes >= kStreamBytes;
 }
 
 // The second sweep after a Store sweep, on its own: write the pending row's gradient,
 // chunk by chunk (each chunk has its own factor). `next`, when given, is the next row of
 // logits: it is prefetched meanwhile, so that reads and writes overlap.
-template <class V, bool HasQ, bool HasW, bool Stream, bool Cap = false, class T = typename V::T>
-void finish_from_exps(const PendingGradient<T>& p, int64_t cols, const T* next = nullptr) {
+template <class V, bool HasQ, bool HasW, bool Stream, bool Cap = false, class T, class X>
+void finish_from_exps(const PendingGradient<T, X>& p, int64_t cols, const NoDeduce<X>* next = nullptr) {
   const int64_t len = chunk_length(cols);
   for (int64_t c0 = 0, chunk = 0; c0 < cols; c0 += len, ++chunk) {
     const int64_t end = min_i64(cols, c0 + len);
     if (next)
-      for (int64_t c = c0; c < end; c += 64 / static_cast<int64_t>(sizeof(T)))
+      for (int64_t c = c0; c < end; c += 64 / static_cast<int64_t>(sizeof(X)))
         __builtin_prefetch(next + c, 0, 2);
     finish_range<V, HasQ, HasW, Stream, Cap>(p, c0, end, Cap ? T(0) : p.chunk_scale(chunk));
   }
 }
 
-// One sweep when lse is already known: d_c = scale * exp(x_c - lse) - (alpha q_c + beta) w_c,
-// with Cap taken at the capped logits and multiplied by the cap's slope (the target's
-// one-hot term is subtracted by the caller).
-template <class V, bool HasQ, bool HasW, bool Cap = false, class T = typename V::T>
-void gradient_from_lse(const T* x, T* d, int64_t cols, T lse, T scale,
-                       const ClassCoefficients<T>& k, T softcap = 0) {
+// One sweep when lse is already known: d_c = scale * exp(x_c - lse) - (alpha q_c + beta) w_c
+// - [c == hot] hot_value, with Cap taken at the capped logits and multiplied by the cap's
+// slope. The one-hot term is subtracted before the value is stored (rounded once).
+template <class V, bool HasQ, bool HasW, bool Cap = false, class X, class T = typename V::T>
+void gradient_from_lse(const X* x, X* d, int64_t cols, T lse, T scale,
+                       const ClassCoefficients<T, NoDeduce<X>>& k, T softcap, int64_t hot,
+                       T hot_value) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
   const T inv_cap = Cap ? T(1) / softcap : T(0);
+  const T x_hot = hot >= 0 ? T(widen(x[hot])) : T(0);  // read first: d may be x (in place)
   const auto one = [&](auto xv, auto u) {
     using U = decltype(xv);
     if constexpr (Cap) {
@@ -462,7 +475,11 @@ void gradient_from_lse(const T* x, T* d, int64_t cols, T lse, T scale,
   };
   int64_t i = 0;
   for (; i + W <= cols; i += W) one(V::load(x + i), coefficient<V, HasQ, HasW>(k, i)).store(d + i);
-  for (; i < cols; ++i) d[i] = one(S{x[i]}, coefficient<S, HasQ, HasW>(k, i)).v;
+  for (; i < cols; ++i) d[i] = narrow<X>(one(S::load(x + i), coefficient<S, HasQ, HasW>(k, i)).v);
+  if (hot >= 0) {  // the target's value again, with its one-hot term
+    const S u = coefficient<S, HasQ, HasW>(k, hot) + S{hot_value};
+    d[hot] = narrow<X>(one(S{x_hot}, u).v);
+  }
 }
 
 // Runs block(r) over full blocks of W rows, r0 <= r < r1, and tail(r) over the rows left

@@ -20,11 +20,12 @@ inline bool small_softmax(const Rows& a, const Rows& b, int width) {
   return a.cols <= kSmallSoftmax && a.row_stride < limit && b.row_stride < limit;
 }
 
-template <class V, class T = typename V::T>
+// Rows are stored as X and computed in T (see rowwise.h).
+template <class V, class X, class T = typename V::T>
 void softmax_forward_block(const Rows& x, const Rows& y, bool log, int64_t r) {
   const int64_t C = x.cols;
-  const T* xr = row_ptr<T>(x, r);
-  T* yr = row_ptr<T>(y, r);
+  const X* xr = row_ptr<X>(x, r);
+  X* yr = row_ptr<X>(y, r);
   const int64_t xs = x.row_stride, ys = y.row_stride;  // locals: lane offsets stay out of loops
   V xc[kSmallSoftmax];
   V m = V::set1(neg_inf<T>()), sum = V::set1(0);
@@ -43,12 +44,12 @@ void softmax_forward_block(const Rows& x, const Rows& y, bool log, int64_t r) {
   }
 }
 
-template <class V, class T = typename V::T>
+template <class V, class X, class T = typename V::T>
 void softmax_backward_block(const Rows& grad, const Rows& y, const Rows& dx, bool log, int64_t r) {
   const int64_t C = y.cols;
-  const T* g = row_ptr<T>(grad, r);
-  const T* yr = row_ptr<T>(y, r);
-  T* d = row_ptr<T>(dx, r);
+  const X* g = row_ptr<X>(grad, r);
+  const X* yr = row_ptr<X>(y, r);
+  X* d = row_ptr<X>(dx, r);
   const int64_t gs = grad.row_stride, ys = y.row_stride, ds = dx.row_stride;
   V gc[kSmallSoftmax], yc[kSmallSoftmax];
   V acc = V::set1(0);
@@ -63,26 +64,31 @@ void softmax_backward_block(const Rows& grad, const Rows& y, const Rows& dx, boo
   }
 }
 
-template <class V, class T = typename V::T>
+template <class V, class X = typename V::T, class T = typename V::T>
 void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, int64_t r1) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
   if (small_softmax(x, y, W))
-    return by_blocks<V>(r0, r1, [&](int64_t r) { softmax_forward_block<V>(x, y, log, r); },
-                        [&](int64_t r) { softmax_forward_block<S>(x, y, log, r); });
+    return by_blocks<V>(r0, r1, [&](int64_t r) { softmax_forward_block<V, X>(x, y, log, r); },
+                        [&](int64_t r) { softmax_forward_block<S, X>(x, y, log, r); });
   const int64_t C = x.cols;
-  const ClassCoefficients<T> none{nullptr, nullptr, 0, 0};
+  const ClassCoefficients<T, X> none{nullptr, nullptr, 0, 0};
   T chunk_max[kMaxChunks];
   T* scratch = log ? nullptr : static_cast<T*>(thread_scratch(static_cast<std::size_t>(C) * sizeof(T)));
-  const bool stream = scratch && stream_output<T>(y) && y.data != x.data;  // see cross_entropy.h
+  // Without scratch memory the exps go to y, unless y is too narrow to hold them (half
+  // types): then y = exp(x - lse) below, after a first read for lse.
+  const bool exps_in_y = !scratch && std::is_same_v<X, T>;
+  const bool stream = scratch && stream_output<X>(y) && y.data != x.data;  // see cross_entropy.h
   for (int64_t r = r0; r < r1; ++r) {
-    const T* xr = row_ptr<T>(x, r);
-    T* yr = row_ptr<T>(y, r);
-    if (!log) {
-      T* e = scratch ? scratch : yr;
+    const X* xr = row_ptr<X>(x, r);
+    X* yr = row_ptr<X>(y, r);
+    if (!log && (scratch || exps_in_y)) {
+      T* e;
+      if constexpr (std::is_same_v<X, T>) e = scratch ? scratch : yr;
+      else e = scratch;
       const auto s = summarise_row<V, true, false, false, false>(xr, C, none, e, chunk_max);
-      const PendingGradient<T> out{yr, e, chunk_max, s.lse, T(1), none};
-      const T* next = r + 1 < r1 ? xr + x.row_stride : nullptr;
+      const PendingGradient<T, X> out{yr, e, chunk_max, s.lse, T(1), none};
+      const X* next = r + 1 < r1 ? xr + x.row_stride : nullptr;
       if (stream) finish_from_exps<V, false, false, true>(out, C, next);
       else finish_from_exps<V, false, false, false>(out, C);
       continue;
@@ -90,40 +96,45 @@ void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, in
     const auto s = summarise_row<V, false, false, false, false>(xr, C, none, nullptr, nullptr);
     const V lse = V::set1(s.lse);
     int64_t c = 0;
-    for (; c + W <= C; c += W) (V::load(xr + c) - lse).store(yr + c);
-    for (; c < C; ++c) yr[c] = xr[c] - s.lse;
+    if (log) {
+      for (; c + W <= C; c += W) (V::load(xr + c) - lse).store(yr + c);
+      for (; c < C; ++c) yr[c] = narrow<X>(widen(xr[c]) - s.lse);
+    } else {
+      for (; c + W <= C; c += W) vexp(V::load(xr + c) - lse).store(yr + c);
+      for (; c < C; ++c) yr[c] = narrow<X>(vexp(S{widen(xr[c]) - s.lse}).v);
+    }
   }
   V::fence();
 }
 
-template <class V, class T = typename V::T>
+template <class V, class X = typename V::T, class T = typename V::T>
 void softmax_backward_rows(const Rows& grad, const Rows& y, const Rows& dx, bool log, int64_t r0,
                            int64_t r1) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
   if (small_softmax(y, dx, W) && small_softmax(grad, y, W))
-    return by_blocks<V>(r0, r1, [&](int64_t r) { softmax_backward_block<V>(grad, y, dx, log, r); },
-                        [&](int64_t r) { softmax_backward_block<S>(grad, y, dx, log, r); });
+    return by_blocks<V>(r0, r1, [&](int64_t r) { softmax_backward_block<V, X>(grad, y, dx, log, r); },
+                        [&](int64_t r) { softmax_backward_block<S, X>(grad, y, dx, log, r); });
   const int64_t C = y.cols;
   for (int64_t r = r0; r < r1; ++r) {
-    const T* g = row_ptr<T>(grad, r);
-    const T* yr = row_ptr<T>(y, r);
-    T* d = row_ptr<T>(dx, r);
+    const X* g = row_ptr<X>(grad, r);
+    const X* yr = row_ptr<X>(y, r);
+    X* d = row_ptr<X>(dx, r);
     int64_t c = 0;
     if (log) {
       const T total = sum_of<V>(g, C);
       const V vtotal = V::set1(total);
       for (; c + W <= C; c += W) (V::load(g + c) - vexp(V::load(yr + c)) * vtotal).store(d + c);
-      for (; c < C; ++c) d[c] = g[c] - vexp(S{yr[c]}).v * total;
+      for (; c < C; ++c) d[c] = narrow<X>(widen(g[c]) - vexp(S::load(yr + c)).v * total);
       continue;
     }
     V acc = V::set1(0);
     for (; c + W <= C; c += W) acc = V::fma(V::load(g + c), V::load(yr + c), acc);
     T dot = acc.hsum();
-    for (; c < C; ++c) dot += g[c] * yr[c];
+    for (; c < C; ++c) dot += widen(g[c]) * widen(yr[c]);
     const V vdot = V::set1(dot);
     for (c = 0; c + W <= C; c += W) (V::load(yr + c) * (V::load(g + c) - vdot)).store(d + c);
-    for (; c < C; ++c) d[c] = yr[c] * (g[c] - dot);
+    for (; c < C; ++c) d[c] = narrow<X>(widen(yr[c]) * (widen(g[c]) - dot));
   }
 }
 

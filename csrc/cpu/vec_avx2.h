@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/half.h"
+
 namespace fusedce::cpu::avx2 {
 namespace {
 #include "vec_scalar.h"
@@ -39,6 +41,45 @@ struct V32 {
   void scatter(float* base, int64_t stride) const {  // AVX2 has no scatter instruction
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, v);
+    for (int i = 0; i < 8; ++i) base[i * stride] = lanes[i];
+  }
+
+  // float16 (F16C) and bfloat16 storage (half.h): 8 values in 16 bytes, widened on load,
+  // rounded to nearest even on store (bfloat16 with integer arithmetic, NaN kept quiet).
+  static V32 load(const Half* p) { return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))}; }
+  static V32 load(const BFloat16* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))};
+  }
+  __m128i bits(Half*) const { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  __m128i bits(BFloat16*) const {
+    const __m256i x = _mm256_castps_si256(v), high = _mm256_srli_epi32(x, 16);
+    const __m256i bias = _mm256_add_epi32(_mm256_and_si256(high, _mm256_set1_epi32(1)), _mm256_set1_epi32(0x7fff));
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(x, bias), 16);
+    const __m256i quiet = _mm256_or_si256(high, _mm256_set1_epi32(0x40));  // NaN stays NaN
+    rounded = _mm256_blendv_epi8(rounded, quiet, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    // pack the eight 32-bit lanes (each < 2^16) to 16 bits: per 128-bit half, then join halves
+    const __m256i packed = _mm256_packus_epi32(rounded, rounded);
+    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+  }
+  template <class X>
+  void store(X* p) const {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bits(p));
+  }
+  template <class X>
+  void stream(X* p) const {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(p), bits(p));
+  }
+  template <class X>
+  static V32 gather(const X* base, int64_t stride) {
+    alignas(16) X lanes[8];
+    for (int i = 0; i < 8; ++i) lanes[i] = base[i * stride];
+    return load(lanes);
+  }
+  template <class X>
+  void scatter(X* base, int64_t stride) const {
+    alignas(16) X lanes[8];
+    store(lanes);
     for (int i = 0; i < 8; ++i) base[i * stride] = lanes[i];
   }
 

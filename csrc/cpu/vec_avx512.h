@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/half.h"
+
 namespace fusedce::cpu::avx512 {
 namespace {
 #include "vec_scalar.h"
@@ -36,6 +38,44 @@ struct V32 {
   }
   void scatter(float* base, int64_t stride) const {
     _mm512_i32scatter_ps(base, lane_offsets(stride), v, 4);
+  }
+
+  // float16 and bfloat16 storage (half.h): 16 values in 32 bytes, widened on load, rounded
+  // to nearest even on store. bfloat16 is rounded with integer arithmetic rather than
+  // AVX512-BF16's VCVTNEPS2BF16, which flushes subnormals to zero: every instruction set then
+  // stores the same bits, those of the portable path, of CUDA and of PyTorch.
+  static V32 load(const Half* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))}; }
+  static V32 load(const BFloat16* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))};
+  }
+  __m256i bits(Half*) const { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  __m256i bits(BFloat16*) const {
+    const __m512i x = _mm512_castps_si512(v), high = _mm512_srli_epi32(x, 16);
+    const __m512i bias = _mm512_add_epi32(_mm512_and_si512(high, _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7fff));
+    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(x, bias), 16);
+    const __m512i quiet = _mm512_or_si512(high, _mm512_set1_epi32(0x40));  // NaN stays NaN
+    return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), quiet));
+  }
+  template <class X>
+  void store(X* p) const {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bits(p));
+  }
+  template <class X>
+  void stream(X* p) const {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bits(p));
+  }
+  template <class X>
+  static V32 gather(const X* base, int64_t stride) {  // 16-bit lanes: no gather instruction
+    alignas(32) X lanes[16];
+    for (int i = 0; i < 16; ++i) lanes[i] = base[i * stride];
+    return load(lanes);
+  }
+  template <class X>
+  void scatter(X* base, int64_t stride) const {
+    alignas(32) X lanes[16];
+    store(lanes);
+    for (int i = 0; i < 16; ++i) base[i * stride] = lanes[i];
   }
 
   friend V32 operator+(V32 a, V32 b) { return {_mm512_add_ps(a.v, b.v)}; }

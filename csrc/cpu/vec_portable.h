@@ -3,6 +3,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cpu/half.h"
+
 namespace fusedce::cpu::portable {
 namespace {
 #include "vec_scalar.h"

@@ -16,6 +16,19 @@ struct ScalarVec {
   // to the vector's size for the SIMD versions.
   void stream(T* p) const { *p = v; }
   static void fence() {}
+  // Other storage (float16 and bfloat16, half.h): widened on load, rounded once on store.
+  template <class X>
+  static ScalarVec load(const X* p) {
+    return {static_cast<T>(widen(*p))};
+  }
+  template <class X>
+  void store(X* p) const {
+    *p = narrow<X>(v);
+  }
+  template <class X>
+  void stream(X* p) const {
+    *p = narrow<X>(v);
+  }
   static ScalarVec set1(T x) { return {x}; }
   // Class indices (int32 or int64, contiguous) converted to T, one per lane.
   template <class I>
@@ -23,8 +36,14 @@ struct ScalarVec {
     return {static_cast<T>(*p)};
   }
   // Lane i reads base[i * stride]; with one lane, just base[0].
-  static ScalarVec gather(const T* base, int64_t) { return {*base}; }
-  void scatter(T* base, int64_t) const { *base = v; }
+  template <class X>
+  static ScalarVec gather(const X* base, int64_t) {
+    return load(base);
+  }
+  template <class X>
+  void scatter(X* base, int64_t) const {
+    store(base);
+  }
 
   friend ScalarVec operator+(ScalarVec a, ScalarVec b) { return {a.v + b.v}; }
   friend ScalarVec operator-(ScalarVec a, ScalarVec b) { return {a.v - b.v}; }

@@ -6,8 +6,8 @@ into rows, without a copy whenever the layout allows one.  NumPy arrays stay on 
 CuPy arrays, and any object exposing ``__cuda_array_interface__`` or a CUDA ``__dlpack__``,
 are taken as CuPy arrays (zero-copy) and run on the current CUDA stream.
 
-bfloat16 arrives two ways: as PyTorch CUDA tensors (CuPy has no bfloat16, so the kernels
-get an int16 view of their storage and a flag) and as NumPy arrays of ``ml_dtypes.bfloat16``
+bfloat16 arrives two ways: as PyTorch tensors (NumPy and CuPy have no bfloat16, so the
+kernels get an int16 view of their storage and a flag) and as NumPy arrays of ``ml_dtypes.bfloat16``
 (a real NumPy dtype). ml_dtypes is never imported here: an array of its dtype can only
 exist once its caller has imported it.
 """
@@ -155,9 +155,14 @@ class Backend:
         return _core.Launch(self.device, self.xp.cuda.get_current_stream().ptr)
 
     def to_caller(self, a, bfloat16: bool = False):
-        """A result in the caller's kind of array (a PyTorch tensor for PyTorch inputs)."""
+        """A result in the caller's kind of array (a PyTorch tensor for PyTorch CUDA inputs,
+        and for bfloat16 values of PyTorch CPU inputs, which NumPy cannot hold)."""
         if self.torch_stream is None:
-            return a
+            if not (bfloat16 and isinstance(a, np.ndarray) and a.dtype == np.int16):
+                return a
+            import torch
+
+            return torch.from_numpy(a).view(torch.bfloat16)
         import torch
 
         t = torch.from_dlpack(a)
@@ -198,7 +203,7 @@ def backend_of(named: dict[str, Any]) -> Backend:
 
 def as_array(a: Any, backend: Backend, name: str):
     """``a`` as a numpy or cupy array, zero-copy when it already is one. A PyTorch bfloat16
-    tensor on the GPU comes back as an int16 view of its storage (see is_torch_bfloat16):
+    tensor comes back as an int16 view of its storage (see is_torch_bfloat16):
     callers that read its values must know that; :func:`values` does."""
     if backend.on_gpu:
         cupy = backend.xp
@@ -216,9 +221,10 @@ def as_array(a: Any, backend: Backend, name: str):
         return cupy.asarray(a)
     if isinstance(a, np.ndarray):
         return a
-    if is_torch_bfloat16(a):
-        raise TypeError(f"{name}: NumPy cannot hold a bfloat16 CPU tensor; convert it "
-                        "(tensor.float()) or use fusedce.torch")
+    if is_torch_bfloat16(a):  # its storage, as on the GPU: the kernels read bfloat16
+        import torch
+
+        return a.detach().resolve_neg().view(torch.int16).numpy()
     try:
         arr = np.asarray(a)
     except Exception as exc:

@@ -38,9 +38,9 @@ def _ft():
 def _arrays(io, input, linear_weight, linear_bias, target, weight):
     """The call's tensors as what fusedce takes (NumPy views on the CPU, tensors on CUDA)."""
     ft = _ft()
-    # bfloat16 CUDA tensors: fusedce's array layer sees their storage as int16, which no
-    # GEMM takes, so the GEMMs run on float32 copies (untested: written without a GPU).
-    dt = torch.float32 if (input.is_cuda and input.dtype == torch.bfloat16) else None
+    # bfloat16 tensors: fusedce's array layer sees their storage as int16, which no GEMM
+    # takes, so the GEMMs run on float32 copies (on CUDA untested: written without a GPU).
+    dt = torch.float32 if input.dtype == torch.bfloat16 else None
     x = io.array(input, dtype=dt)
     w = io.array(linear_weight, dtype=dt)
     b = None if linear_bias is None else io.array(linear_bias, dtype=dt)

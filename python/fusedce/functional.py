@@ -42,13 +42,12 @@ __all__ = [
 
 
 class _Input:
-    """A floating input viewed as (rows, classes), in the dtype the kernels will read.
+    """A floating input viewed as (rows, classes), as the kernels will read it.
 
-    The CPU kernels read float32 and float64, so float16 and bfloat16 are converted to
-    float32 for them (and results converted back); the CUDA kernels, on a GPU or emulated,
-    read float16 and bfloat16 themselves. bfloat16 (``self.bf16``) is either an
-    ``ml_dtypes.bfloat16`` NumPy array or a PyTorch CUDA tensor, which arrives as an int16
-    view of its storage.
+    Every kernel, CPU and CUDA, reads float16, bfloat16, float32 and float64 rows as they
+    are (half types are computed in float32). bfloat16 (``self.bf16``) is either an
+    ``ml_dtypes.bfloat16`` NumPy array or a PyTorch tensor, which arrives as an int16 view
+    of its storage.
     """
 
     def __init__(self, x, axis, name, backend):
@@ -61,10 +60,8 @@ class _Input:
         self.axis = checks.axis_index(axis, self.array.ndim)
         self.dtype = self.array.dtype  # the storage dtype (int16 for PyTorch's bfloat16)
         self.cdtype = np.dtype(np.float32) if self.bf16 else checks.compute_dtype(self.dtype)
-        native = self.dtype == self.cdtype or backend.cuda_kernels
-        source = self.array if native else self.array.astype(self.cdtype)
-        self.rows, self.moved_shape, copied = arrays.class_rows(source, self.axis, xp)
-        self.is_view = not copied and native
+        self.rows, self.moved_shape, copied = arrays.class_rows(self.array, self.axis, xp)
+        self.is_view = not copied
         self.n, self.c = self.rows.shape
         self.row_shape = tuple(self.moved_shape[:-1])
 

@@ -25,11 +25,10 @@ registered derivatives, so that ``torch.compile(..., fullgraph=True)`` and
 ``torch.export.export`` take them whole, forward and backward, with no graph break;
 ``inplace=True`` is for eager mode only (it raises under ``torch.compile`` when a gradient
 is wanted). The backward runs fusedce's kernels too. CPU tensors reach the kernels as
-NumPy views of their storage (no copy); CUDA tensors go through DLPack (no copy) on
-PyTorch's current stream, bfloat16 and float16 included (the CUDA kernels compute in
-float32). On the CPU, bfloat16 tensors, which NumPy cannot hold, are converted to float32
-and the results cast back; float16 is handed over as is. Losses come back in the input's
-dtype, as in PyTorch.
+NumPy views of their storage (no copy; a bfloat16 tensor's storage is read as such);
+CUDA tensors go through DLPack (no copy) on PyTorch's current stream. bfloat16 and
+float16 are read and written as they are and computed in float32, on both devices.
+Losses come back in the input's dtype, as in PyTorch.
 
 Differences from PyTorch, all inherited from fusedce: a ``"mean"`` over a zero total weight
 (every target ignored, empty batch) is 0.0 with a zero gradient rather than NaN;
@@ -52,11 +51,24 @@ tensor(True)
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import torch
 
-import fusedce as _fc
-from fusedce import _checks
+from fusedce import _arrays, _checks, functional as _functional
+
+
+def _taking_cpu_tensors(name):
+    """fusedce's NumPy-API op `name` (same implementation and conventions), taking the
+    PyTorch CPU tensors that this module hands over, bfloat16 ones, which NumPy cannot hold:
+    the public op refuses CPU tensors to point users here."""
+    return _functional._runs_on(getattr(_functional, name), _arrays.backend_of)
+
+
+_fc = types.SimpleNamespace(**{name: _taking_cpu_tensors(name) for name in (
+    "cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad", "log_softmax",
+    "log_softmax_backward", "nll_loss", "nll_loss_backward", "softmax", "softmax_backward")})
 
 __all__ = ["cross_entropy", "CrossEntropyLoss", "nll_loss", "log_softmax", "softmax",
            "linear_cross_entropy", "LinearCrossEntropyLoss", "distributed"]
@@ -83,18 +95,16 @@ class _Host:
         t = t.detach()
         if dtype is not None and t.dtype != dtype:
             t = t.to(dtype)
-        if t.dtype == torch.bfloat16:  # NumPy has no bfloat16: compute via float32
-            t = t.float()
         if t.is_conj() or t.is_neg():
             t = t.resolve_conj().resolve_neg()
-        return t.numpy()
-
-    @staticmethod
-    def array_dtype(dtype):
-        return _array_dtype(dtype)
+        # NumPy has no bfloat16: fusedce takes such a tensor as it is and reads its storage
+        # (results with bfloat16 values come back as bfloat16 tensors)
+        return t if t.dtype == torch.bfloat16 else t.numpy()
 
     @staticmethod
     def tensor(a):
+        if isinstance(a, torch.Tensor):
+            return a
         a = np.asarray(a)
         if not a.flags.writeable:  # torch.from_numpy warns on read-only arrays
             a = a.copy()
@@ -103,11 +113,13 @@ class _Host:
     @staticmethod
     def write_back(dst, src_array):
         """Make sure `dst` (a CPU tensor) holds `src_array`; free when they share memory."""
+        if isinstance(src_array, torch.Tensor):
+            if src_array.data_ptr() != dst.data_ptr() or src_array.stride() != dst.stride():
+                dst.detach().copy_(src_array)
+            return
         src = np.asarray(src_array)
-        if dst.dtype != torch.bfloat16:
-            view = dst.detach().numpy()
-            if np.shares_memory(view, src):
-                return
+        if np.shares_memory(dst.detach().numpy(), src):
+            return
         dst.detach().copy_(torch.from_numpy(np.ascontiguousarray(src)))
 
 
@@ -157,10 +169,6 @@ class _Cuda:
         return t
 
     @staticmethod
-    def array_dtype(dtype):
-        return dtype
-
-    @staticmethod
     def tensor(a):
         return a if isinstance(a, torch.Tensor) else torch.from_dlpack(a)
 
@@ -181,11 +189,6 @@ def _arrays_for(t):
 def _compute_dtype(dtype):
     """The floating dtype fusedce computes a loss in for an input of `dtype`."""
     return torch.float32 if dtype in _HALF else dtype
-
-
-def _array_dtype(dtype):
-    """The dtype a CPU tensor of `dtype` is handed to fusedce in (NumPy has no bfloat16)."""
-    return torch.float32 if dtype == torch.bfloat16 else dtype
 
 
 def _check_input(input, name="input"):
@@ -301,9 +304,8 @@ def _loss_shape(input, reduction):
 def _ce_arrays(io, input, target, weight):
     x = io.array(input)
     if target.is_floating_point():
-        # a probability target travels in the dtype of the logits' array (float32 for
-        # bfloat16 on the CPU, which NumPy cannot hold)
-        t = io.array(target, dtype=io.array_dtype(input.dtype))
+        # a probability target travels in the dtype of the logits
+        t = io.array(target, dtype=input.dtype)
     else:
         t = io.array(target)
     w = None if weight is None else io.array(weight, dtype=_compute_dtype(input.dtype))
@@ -347,14 +349,8 @@ def _ce_with_grad_inplace_op(input, target, weight, ignore_index, reduction, lab
               z_loss=z_loss, softcap=softcap)
     with _arrays_for(input) as io:
         x, t, w = _ce_arrays(io, input, target, weight)
-        if input.dtype == torch.bfloat16:
-            # compute out of place (x is a float32 copy on the CPU), round into the input
-            loss, grad = _fc.cross_entropy_with_grad(x, t, **_ce_kwargs(w, **kw))
-            input.copy_(io.tensor(grad).reshape(input.shape))
-        else:
-            loss, grad = _fc.cross_entropy_with_grad(x, t, inplace=True,
-                                                     **_ce_kwargs(w, **kw))
-            io.write_back(input, grad)  # a no-op unless fusedce had to work on a copy
+        loss, grad = _fc.cross_entropy_with_grad(x, t, inplace=True, **_ce_kwargs(w, **kw))
+        io.write_back(input, grad)  # a no-op unless fusedce had to work on a copy
         return _result(io.tensor(loss), input)
 
 
