@@ -6,8 +6,12 @@
     python bench/cpu.py --shapes 8192x32000 --threads 1
     python bench/cpu.py --plot fusion.png --out table.md --json raw.json
 
-Prints markdown tables on stdout; progress goes to stderr. For every shape (float32
-logits N x C, int64 class targets, reduction="mean") and every thread count it times:
+    python bench/cpu.py --dtype bfloat16 --shapes 8192x32000 --threads 1   # half rows
+
+Prints markdown tables on stdout; progress goes to stderr. For every shape (logits N x C
+of --dtype, float32 by default; int64 class targets, reduction="mean") and every thread
+count it times (bytes are counted at the dtype's width: a float16 or bfloat16 copy moves
+half the bytes of a float32 one):
 
   floors     copy: np.copyto of the logits into a preallocated, already-touched buffer
              (read + write of N x C: the bytes a forward+backward must move);
@@ -17,7 +21,9 @@ logits N x C, int64 class targets, reduction="mean") and every thread count it t
              chunk each (NumPy releases the GIL), and the faster of the two is the floor.
   fused      fusedce.cross_entropy (forward only);
              fusedce.cross_entropy_with_grad(out=preallocated) and (inplace=True on a
-             scratch copy refreshed from the logits before each repetition, untimed).
+             scratch copy refreshed from the logits before each repetition, untimed);
+             the same out= call on the first 16 rows, whose time is almost all the
+             per-call cost outside the kernel (Python, argument checks, thread hand-off).
   unfused    our own kernels one after the other: log_softmax(out=) -> nll_loss for
              the forward; then nll_loss_backward(out=) -> log_softmax_backward(out=).
   torch      F.cross_entropy forward (no_grad) and forward + torch.autograd.grad
@@ -66,13 +72,16 @@ from _timing import (  # noqa: E402
     usable_cores,
 )
 
-DEFAULT_SHAPES = "4096x1000,8192x32000,1024x128256,65536x10,512x262144"
+DEFAULT_SHAPES = ("4096x1000,8192x32000,1024x128256,65536x10,512x262144,"
+                  "32768x600,65536x128,16384x2000,64x1000000")
 QUICK_SHAPES = "2048x1000,8192x10"
 PLOT_CLASSES = (10, 100, 1000, 10000, 32000, 128256)
 
 # Names of the timed operations, in table order.
 FLOOR_COPY, FLOOR_READ = "copy", "read"
 FUSED_FWD, FUSED_FB, FUSED_FB_INPLACE = "fused_fwd", "fused_fwdbwd", "fused_fwdbwd_inplace"
+FUSED_CALL = "fused_fwdbwd_16_rows"  # the per-call cost: the out= call on 16 rows
+CALL_ROWS = 16
 UNFUSED_FWD, UNFUSED_FB = "unfused_fwd", "unfused_fwdbwd"
 TORCH_FWD, TORCH_FB = "torch_fwd", "torch_fwdbwd"
 # --lm-options: the fused forward+backward with z-loss, a softcap, both (out= and in place),
@@ -135,12 +144,39 @@ def import_torch(enabled):
     return torch, F
 
 
-def make_inputs(n, c, seed):
+def logit_dtype(name):
+    """The NumPy dtype of --dtype NAME (bfloat16 from ml_dtypes)."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise SystemExit("--dtype bfloat16 needs ml_dtypes: pip install ml_dtypes")
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def make_inputs(n, c, seed, dtype=np.float32):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c), dtype=np.float32)
     x *= 3.0
+    if np.dtype(dtype) != np.float32:
+        x = x.astype(dtype)
     target = rng.integers(0, c, size=n, dtype=np.int64)
     return x, target
+
+
+def as_torch(a):
+    """A CPU tensor sharing a's memory (NumPy has no bfloat16: through its bits)."""
+    import torch
+    if a.dtype.itemsize == 2 and a.dtype != np.float16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def readable(a):
+    """a, or for half types its 16-bit patterns: the same bytes, which NumPy's max reads at
+    memory speed (its float16 / ml_dtypes max converts each value)."""
+    return a.view(np.uint16) if a.dtype.itemsize == 2 else a
 
 
 def touched_like(x):
@@ -176,6 +212,7 @@ class Floors:
         return run
 
     def read_fn(self, src):
+        src = readable(src)
         if self.pool is None:
             return lambda: src.max()
         parts = [p for p in self._chunks(src) if p.size]
@@ -267,6 +304,9 @@ class Runner:
         if not sweep:
             ops.append((FUSED_FWD, lambda: fc.cross_entropy(x, target), None))
         ops.append((FUSED_FB, lambda: fc.cross_entropy_with_grad(x, target, out=out), None))
+        if not sweep:
+            xs, ts, outs = x[:CALL_ROWS], target[:CALL_ROWS], out[:CALL_ROWS]
+            ops.append((FUSED_CALL, lambda: fc.cross_entropy_with_grad(xs, ts, out=outs), None))
         if not sweep and not self.args.no_inplace:
             ops.append((FUSED_FB_INPLACE,
                         lambda: fc.cross_entropy_with_grad(scratch, target, inplace=True),
@@ -287,7 +327,7 @@ class Runner:
                 ops.append((UNFUSED_FWD, self._unfused(x, target, bufs, backward=False), None))
             ops.append((UNFUSED_FB, self._unfused(x, target, bufs), None))
         if torch is not None:
-            xt = torch.from_numpy(x)
+            xt = as_torch(x)
             tt = torch.from_numpy(target)
 
             def torch_fwd():
@@ -364,7 +404,7 @@ class Runner:
         """PyTorch forward + backward: F.cross_entropy, then autograd.grad (a fresh
         gradient each time, as after zero_grad(set_to_none=True))."""
         torch, F = self.torch, self.F
-        xg = torch.from_numpy(x).requires_grad_(True)
+        xg = as_torch(x).requires_grad_(True)
         tt = torch.from_numpy(target)
 
         def run():
@@ -378,7 +418,7 @@ class Runner:
         """PyTorch forward + backward of the same z-loss + softcap loss, with its own ops
         (F.cross_entropy of softcap * tanh(x / softcap), plus z_loss * mean(lse^2))."""
         torch, F = self.torch, self.F
-        xg = torch.from_numpy(x).requires_grad_(True)
+        xg = as_torch(x).requires_grad_(True)
         tt = torch.from_numpy(target)
 
         def run():
@@ -403,18 +443,23 @@ class Runner:
             # gradient entries are O(1/N) for reduction="mean": scale the difference by N;
             # compare at most ~4096 rows spread over the batch (no N x C temporary)
             step = max(1, x.shape[0] // 4096)
-            grad_rel = float(np.max(np.abs(out[::step] - dlogp[::step]))) * x.shape[0]
+            diff = out[::step].astype(np.float32) - dlogp[::step].astype(np.float32)
+            grad_rel = float(np.max(np.abs(diff))) * x.shape[0]
             losses = {"fused": float(loss_f), "unfused": float(loss_u)}
             if torch is not None:
                 with torch.no_grad():
-                    losses["torch"] = float(F.cross_entropy(torch.from_numpy(x),
+                    losses["torch"] = float(F.cross_entropy(as_torch(x),
                                                             torch.from_numpy(target)))
         except Exception as exc:
             self.progress(f"{label} check FAILED ({type(exc).__name__}: {exc})")
             return
         ref = losses["fused"]
-        bad = [k for k, v in losses.items() if not abs(v - ref) <= 1e-4 * max(1.0, abs(ref))]
-        if grad_rel > 1e-3:
+        # half rows: the unfused path stores log_softmax rounded to the half type, and
+        # PyTorch computes a half loss (8 bits of mantissa in bfloat16)
+        half = x.dtype.itemsize == 2
+        loss_tol, grad_tol = (2e-2, 5e-2) if half else (1e-4, 1e-3)
+        bad = [k for k, v in losses.items() if not abs(v - ref) <= loss_tol * max(1.0, abs(ref))]
+        if grad_rel > grad_tol:
             bad.append("gradient")
         msg = ", ".join(f"{k} {v:.6f}" for k, v in losses.items())
         status = "MISMATCH in " + ", ".join(bad) if bad else "ok"
@@ -468,8 +513,8 @@ def run_shapes(runner, shapes, threads_list, args):
         data, settings = {}, []
         for n, c in group:
             label0 = f"({index[(n, c)]}/{len(shapes)}) {n}x{c}"
-            progress(f"{label0}: generating {n * c * 4 / 2**20:.0f} MiB of logits")
-            x, target = make_inputs(n, c, args.seed)
+            progress(f"{label0}: generating {n * c * args.itemsize / 2**20:.0f} MiB of logits")
+            x, target = make_inputs(n, c, args.seed, args.logit_dtype)
             bufs = (touched_like(x), touched_like(x), touched_like(x))
             data[(n, c)] = (label0, x, target, bufs)
             for t in threads_list:
@@ -554,8 +599,8 @@ def noisy_test(noisy):
     return is_noisy
 
 
-def shape_label(n, c):
-    mib = n * c * 4 / 2**20
+def shape_label(n, c, itemsize=4):
+    mib = n * c * itemsize / 2**20
     size = f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB" if mib >= 1 else \
         f"{mib * 1024:.0f} KiB"
     return f"{n}x{c} ({size})"
@@ -573,14 +618,14 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
     def floor_row(n, c, t, r, floor_key, keys):
         """shape, threads, the floor's time, then each op's time with its ratio to it."""
         floor = r.get(floor_key)
-        return ([shape_label(n, c), str(t), cell(floor, None, nz(n, c, t, floor_key))]
+        return ([shape_label(n, c, meta["itemsize"]), str(t), cell(floor, None, nz(n, c, t, floor_key))]
                 + [cell(r.get(k), ratio(r.get(k), floor), nz(n, c, t, k)) for k in keys])
     add("## fusedce CPU benchmark")
     add("")
     add(f"- machine: {meta['cpu']}, {meta['cores']} cores usable; "
         f"fusedce {meta['fusedce']} (SIMD {meta['simd']}), numpy {meta['numpy']}"
         + (f", torch {meta['torch']}" if has_torch else f", torch {meta['torch'] or 'absent'}"))
-    add("- float32 logits N x C (normal * 3), int64 targets, reduction=\"mean\"; "
+    add(f"- {meta['dtype']} logits N x C (normal * 3), int64 targets, reduction=\"mean\"; "
         f"times in ms (median over {meta['rounds']} interleaved rounds)")
     load = meta.get("other_load_at_start")
     if load is not None:
@@ -604,7 +649,8 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
     add("")
     add("### Forward + backward (loss and gradient): ms (time / copy of the logits)")
     add("")
-    head = ["shape", "threads", "copy", "fused out=", "fused inplace", "unfused (ours)"]
+    head = ["shape", "threads", "copy", "fused out=", "fused inplace", "unfused (ours)",
+            f"call ({CALL_ROWS} rows, us)"]
     if has_torch:
         head.append("torch")
     if has_ref:
@@ -620,6 +666,8 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
             keys = ((FUSED_FB, FUSED_FB_INPLACE, UNFUSED_FB) + ((TORCH_FB,) if has_torch else ())
                     + ((NUMPY_FB,) if has_ref else ()))
             row = floor_row(n, c, t, r, FLOOR_COPY, keys)
+            call = r.get(FUSED_CALL)  # after the unfused column (see head)
+            row.insert(6, "-" if call is None else f"{call.median_ms * 1000:.0f}")
             if has_torch:
                 row.append(fmt_ratio(ratio(r.get(TORCH_FB), r.get(FUSED_FB))))
             if has_ref:
@@ -630,7 +678,9 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
         "read = x.max(); at t threads each floor is the faster of 1 and t threads. "
         "numpy ref = fusedce.reference (float64, single-threaded; '-' = skipped). "
         "fused = cross_entropy / cross_entropy_with_grad(out=); "
-        "unfused = log_softmax -> nll_loss [-> nll_loss_backward -> log_softmax_backward].")
+        "unfused = log_softmax -> nll_loss [-> nll_loss_backward -> log_softmax_backward]. "
+        f"call = the fused out= call on the first {CALL_ROWS} rows: its time is almost all "
+        "per-call cost outside the kernel (Python, argument checks).")
     add("")
     q = round(SPREAD_QUANTILE * 100)
     band = "range" if q == 0 else f"{q}th to {100 - q}th percentile"
@@ -684,18 +734,19 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
         add("")
         add(f"Fused forward+backward, {t_hi} threads vs {t_lo}: " + "; ".join(parts) + ".")
 
-    targets = target_lines(results, threads_list, has_torch, cache_bytes)
+    targets = target_lines(results, threads_list, has_torch, cache_bytes, meta)
     if targets:
         add("")
-        add("### Targets (issue 2, section 5)")
+        add("### Targets (issue 2, section 5; issue 12)")
         add("")
         lines.extend(targets)
     return "\n".join(lines) + "\n"
 
 
-def target_lines(results, threads_list, has_torch, cache_bytes):
-    """Pass/fail against the CPU targets, for the shapes that were measured."""
+def target_lines(results, threads_list, has_torch, cache_bytes, meta):
+    """Pass/fail against the CPU targets, for the shapes (and dtype) that were measured."""
     out = []
+    itemsize = meta["itemsize"]
 
     def line(what, r, op, bound, digits):
         ok = r.value <= bound if op == "<=" else r.value >= bound
@@ -708,6 +759,29 @@ def target_lines(results, threads_list, has_torch, cache_bytes):
             text += " (the target is within the spread)"
         out.append(text)
 
+    if meta["dtype"] == "bfloat16":  # issue 12
+        big = results.get((8192, 32000), {}).get(1)
+        if big:
+            r = ratio(big.get(FUSED_FB_INPLACE), big.get(FLOOR_COPY))
+            if r is not None:
+                line("8192x32000 bfloat16, 1 thread, fused fwd+bwd in place / bfloat16 copy",
+                     r, "<=", 1.5, 2)
+            r = ratio(big.get(TORCH_FB), big.get(FUSED_FB_INPLACE))
+            if r is not None:
+                line("8192x32000 bfloat16, 1 thread, torch fwd+bwd / fused in place", r, ">=",
+                     10, 1)
+    if meta["dtype"] != "float32":
+        return out
+    for shape, threads, op in (((32768, 600), (1,), FUSED_FB), ((65536, 128), (1,), FUSED_FB),
+                               ((16384, 2000), (1,), FUSED_FB),
+                               ((512, 262144), (1, 2), FUSED_FB),
+                               ((64, 1000000), (1,), FUSED_FB)):  # issue 12
+        for t in threads:
+            r = results.get(shape, {}).get(t)
+            rr = r and ratio(r.get(op), r.get(FLOOR_COPY))
+            if rr is not None:
+                line(f"{shape[0]}x{shape[1]}, {t} thread{'s' if t > 1 else ''}, fused fwd+bwd "
+                     "out= / copy", rr, "<=", 1.5, 2)
     big = results.get((8192, 32000), {}).get(1)
     if big:
         r = ratio(big.get(FUSED_FB), big.get(FLOOR_COPY))
@@ -728,7 +802,7 @@ def target_lines(results, threads_list, has_torch, cache_bytes):
     if t_hi > 1 and 1 in threads_list:
         limit = cache_bytes or 0
         for (n, c), per in results.items():
-            if n * c * 4 <= limit:
+            if n * c * itemsize <= limit:
                 continue  # in cache: not one of the out-of-cache shapes the target names
             s = ratio(per[1].get(FUSED_FB), per[t_hi].get(FUSED_FB))
             if s is not None:
@@ -746,10 +820,10 @@ def run_sweep(runner, args, threads):
     classes = PLOT_CLASSES if not args.quick else (10, 100, 1000, 10000)
     sweep = []
     for c in classes:
-        n = max(1, total // (4 * c))
+        n = max(1, total // (args.itemsize * c))
         label = f"plot C={c} ({n}x{c}) t={threads}"
         runner.progress(f"{label}: generating")
-        x, target = make_inputs(n, c, args.seed)
+        x, target = make_inputs(n, c, args.seed, args.logit_dtype)
         bufs = (touched_like(x), touched_like(x), touched_like(x))
         runner.context = {"shape": [n, c], "threads": threads, "sweep": True}
         res = runner.run_setting(x, target, bufs, threads, label, sweep=True)
@@ -801,7 +875,7 @@ def draw(sweep, path, meta, threads, plot_mb):
     ax.text(sweep[0]["c"], 1.05, "copy of the logits (memory floor)", color="gray", fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("number of classes C (N x C float32 = %g MiB)" % plot_mb)
+    ax.set_xlabel("number of classes C (N x C %s = %g MiB)" % (meta.get("dtype", "float32"), plot_mb))
     ax.set_ylabel("throughput / copy throughput (higher is better)")
     ax.set_title(f"forward+backward, {threads} thread{'s' if threads > 1 else ''}: "
                  f"{meta['cpu']}", fontsize=9)
@@ -852,6 +926,8 @@ def main(argv=None):
     p.add_argument("--lm-options", action="store_true",
                    help="also time the fused forward+backward with z_loss, softcap and both "
                         "(and PyTorch computing the same loss)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="dtype of the logits (default float32; bfloat16 needs ml_dtypes)")
     p.add_argument("--simd", help="fusedce.set_simd_level(SIMD) first (avx512, avx2, portable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="FILE.md", help="also write the tables to this file")
@@ -882,6 +958,8 @@ def main(argv=None):
     if args.plot_mb is None:
         args.plot_mb = 16 if args.quick else 256
     shapes = parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES))
+    args.logit_dtype = logit_dtype(args.dtype)
+    args.itemsize = args.logit_dtype.itemsize
     cores = usable_cores()
     threads_list = parse_threads(args.threads, cores)
 
@@ -908,6 +986,8 @@ def main(argv=None):
         "min_time_s": args.min_time,
         "rounds": args.rounds,
         "lm_options": args.lm_options,
+        "dtype": args.dtype,
+        "itemsize": args.itemsize,
         "max_other_load": args.max_other_load,
     }
     progress = Progress(quiet=args.quiet)
