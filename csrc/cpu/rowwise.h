@@ -198,9 +198,23 @@ struct PendingGradient {
   T hot_value = 0;               // (applied as the row is written: reading back a streamed
                                  // line afterwards would wait for memory)
   T inv_cap = 0;                 // 1 / softcap, when e holds capped logits (Cap)
+  T inv_sum = 0;                 // 1 / sum of exps, for a row of one chunk (else 0)
 
-  T chunk_scale(int64_t chunk) const { return scale * scalar_exp(chunk_max[chunk] - lse); }
+  // The factor that turns chunk's stored exps into scale * p: exp(chunk max - lse), which
+  // for a row of one chunk is 1 / sum (no exp call per row, and exact to an ulp, where
+  // exp(max - lse) carries lse's rounding).
+  T chunk_scale(int64_t chunk) const {
+    return inv_sum != 0 ? scale * inv_sum : scale * scalar_exp(chunk_max[chunk] - lse);
+  }
 };
+
+// 0, 1, ..., W-1: each lane's index.
+template <class V, class T = typename V::T>
+inline V lane_indices() {
+  alignas(64) static constexpr T iota[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  static_assert(V::width <= 16, "lane_indices: at most 16 lanes");
+  return V::load(iota);
+}
 
 // How many elements from d to the first address aligned for a vector of V stored as X
 // (a streaming store needs that alignment).
@@ -227,11 +241,10 @@ inline void finish_vector(const PendingGradient<T, X>& p, int64_t c, V s) {
   V v;
   if constexpr (Cap) v = vexp(e - V::set1(p.lse)) * V::set1(p.scale) - coefficient<V, HasQ, HasW>(p.k, c);
   else v = e * s - coefficient<V, HasQ, HasW>(p.k, c);
-  if (p.hot >= c && p.hot < c + V::width) {  // once per row: patch the target's lane
-    alignas(64) T lanes[V::width];
-    v.store(lanes);
-    lanes[p.hot - c] -= p.hot_value;
-    v = V::load(lanes);
+  if (p.hot >= c && p.hot < c + V::width) {  // once per row: the target's lane
+    // (in registers: a store, a scalar update and a reload would stall on the reload)
+    const V zero = V::set1(T(0));
+    v = v - V::select_eq(lane_indices<V>(), V::set1(static_cast<T>(p.hot - c)), V::set1(p.hot_value), zero);
   }
   if constexpr (Cap) v = through_cap(v, e, p.inv_cap);
   if constexpr (Stream) v.stream(p.d + c);
@@ -400,7 +413,7 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
     }
     const T cm = max_of<V>(src, n);
     if (cm > s.max) {
-      s.sum *= scalar_exp(s.max - cm);
+      if (s.sum != 0) s.sum *= scalar_exp(s.max - cm);  // (0 before the first finite max)
       s.max = cm;
       max_chunk_start = c0;
       if (search_now) s.argmax = c0 + first_index_of(src, n, cm);

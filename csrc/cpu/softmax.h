@@ -87,7 +87,8 @@ void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, in
       if constexpr (std::is_same_v<X, T>) e = scratch ? scratch : yr;
       else e = scratch;
       const auto s = summarise_row<V, true, false, false, false>(xr, C, none, e, chunk_max);
-      const PendingGradient<T, X> out{yr, e, chunk_max, s.lse, T(1), none};
+      PendingGradient<T, X> out{yr, e, chunk_max, s.lse, T(1), none};
+      if (chunk_length(C) >= C) out.inv_sum = T(1) / s.sum;  // (see chunk_scale)
       const X* next = r + 1 < r1 ? xr + x.row_stride : nullptr;
       if (stream) finish_from_exps<V, false, false, true>(out, C, next);
       else finish_from_exps<V, false, false, false>(out, C);
