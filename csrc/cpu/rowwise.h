@@ -384,7 +384,7 @@ template <class V, bool Store, bool Dot, bool HasQ, bool HasW, bool Carry = fals
 RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T, NoDeduce<X>>& k,
                             NoDeduce<T>* e, NoDeduce<T>* chunk_max, bool want_argmax = false,
                             const PendingGradient<NoDeduce<T>, NoDeduce<X>>* pending = nullptr,
-                            NoDeduce<T> softcap = 0) {
+                            NoDeduce<T> softcap = 0, bool want_lse = true) {
   RowSummary<T> s;
   // without Store no chunk maxima are kept, so Cap's buffer can fix the chunk length
   const int64_t len = Cap && !Store ? kChunk : chunk_length(cols);
@@ -430,12 +430,33 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
     }
     if constexpr (Store) chunk_max[chunk] = s.max;
   }
-  s.lse = s.max + scalar_log(s.sum);
+  // lse = max + log(sum), unless the caller takes the logs of a block of rows at once
+  // (lse_of_rows: one vector log instead of a libm call per row)
+  if (want_lse) s.lse = s.max + scalar_log(s.sum);
   if (Cap) return s;
   if (want_argmax && !search_now)
     s.argmax = max_chunk_start + first_index_of(x + max_chunk_start, min_i64(len, cols - max_chunk_start), s.max);
-  if (want_argmax && is_nan(s.lse)) s.argmax = argmax_of(x, cols);  // NaN or +inf: rare, rescan
+  // A NaN lse (a NaN max or sum: a NaN or +inf in the row) is rare: rescan for the argmax.
+  if (want_argmax && (is_nan(s.max) || is_nan(s.sum))) s.argmax = argmax_of(x, cols);
   return s;
+}
+
+// lse[i] = max[i] + log(sum[i]) for n <= V::width rows: one vector log. vlog takes positive
+// normal values; a row's sum of exp(x - max) is at least 1 (its max contributes 1) unless
+// the row is all -inf (sum 0), or holds NaN or +inf: those rows take the scalar log.
+template <class V, class T = typename V::T>
+void lse_of_rows(const T* max, const T* sum, int n, T* lse) {
+  alignas(64) T m[V::width], s[V::width];
+  for (int i = 0; i < V::width; ++i) {
+    m[i] = i < n ? max[i] : T(0);
+    s[i] = i < n ? sum[i] : T(1);
+  }
+  alignas(64) T out[V::width];
+  (V::load(m) + vlog(V::max(V::set1(T(1)), V::load(s)))).store(out);
+  for (int i = 0; i < n; ++i) {
+    const bool usual = sum[i] >= T(1) && sum[i] < std::numeric_limits<T>::infinity();
+    lse[i] = usual ? out[i] : max[i] + scalar_log(sum[i]);
+  }
 }
 
 // Large outputs with long rows are written with streaming (non-temporal) stores: they will
