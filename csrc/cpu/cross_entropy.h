@@ -170,9 +170,105 @@ struct CeContext {
 };
 
 // ---- Few classes (C <= kSmallClasses), class-index targets ------------------------------
-// One row per SIMD lane: W rows are gathered class by class, so max, exp and sums run across
-// rows and the per-row overhead (horizontal reductions, chunk logic) disappears.
+// One row per SIMD lane: a block of W rows is turned into one vector per class, so max, exp
+// and sums run across rows and the per-row overhead (horizontal reductions, chunk logic)
+// disappears. The block is read and written as W x W tiles: row by row with (masked) vector
+// loads and stores, transposed in registers. Gathers and scatters would move one element
+// per lane and cost several times more than the arithmetic.
 constexpr int64_t kSmallClasses = 48;
+
+// Two vectors used as one of twice the width (lanes [0, W) in lo). A block's steps are
+// chains of dependent operations (max, sum, log, divisions) with few vectors each; run on
+// Twice, two blocks of rows go through them side by side and each hides the other's latency.
+// Every operation is the one of V lane by lane, so each row gets the same bits either way.
+template <class V>
+struct Twice {
+  using T = typename V::T;
+  using Scalar = typename V::Scalar;
+  static constexpr bool ldexp_any_n = V::ldexp_any_n;
+  static constexpr int width = 2 * V::width;
+  V lo, hi;
+
+  static Twice load(const T* p) { return {V::load(p), V::load(p + V::width)}; }
+  void store(T* p) const {
+    lo.store(p);
+    hi.store(p + V::width);
+  }
+  static Twice set1(T x) { return {V::set1(x), V::set1(x)}; }
+  template <class I>
+  static Twice from_indices(const I* p) {
+    return {V::from_indices(p), V::from_indices(p + V::width)};
+  }
+  friend Twice operator+(Twice a, Twice b) { return {a.lo + b.lo, a.hi + b.hi}; }
+  friend Twice operator-(Twice a, Twice b) { return {a.lo - b.lo, a.hi - b.hi}; }
+  friend Twice operator*(Twice a, Twice b) { return {a.lo * b.lo, a.hi * b.hi}; }
+  friend Twice operator/(Twice a, Twice b) { return {a.lo / b.lo, a.hi / b.hi}; }
+  static Twice fma(Twice a, Twice b, Twice c) { return {V::fma(a.lo, b.lo, c.lo), V::fma(a.hi, b.hi, c.hi)}; }
+  static Twice max(Twice a, Twice b) { return {V::max(a.lo, b.lo), V::max(a.hi, b.hi)}; }
+  static Twice min(Twice a, Twice b) { return {V::min(a.lo, b.lo), V::min(a.hi, b.hi)}; }
+  static Twice select_eq(Twice a, Twice b, Twice yes, Twice no) {
+    return {V::select_eq(a.lo, b.lo, yes.lo, no.lo), V::select_eq(a.hi, b.hi, yes.hi, no.hi)};
+  }
+  static Twice select_gt(Twice a, Twice b, Twice yes, Twice no) {
+    return {V::select_gt(a.lo, b.lo, yes.lo, no.lo), V::select_gt(a.hi, b.hi, yes.hi, no.hi)};
+  }
+  static Twice zero_if_less(Twice x, Twice limit, Twice value) {
+    return {V::zero_if_less(x.lo, limit.lo, value.lo), V::zero_if_less(x.hi, limit.hi, value.hi)};
+  }
+  static Twice split_exponent(Twice x, Twice& e) {
+    return {V::split_exponent(x.lo, e.lo), V::split_exponent(x.hi, e.hi)};
+  }
+  static Twice round_nearest(Twice x) { return {V::round_nearest(x.lo), V::round_nearest(x.hi)}; }
+  static Twice ldexp(Twice p, Twice n) { return {V::ldexp(p.lo, n.lo), V::ldexp(p.hi, n.hi)}; }
+};
+
+// Calls put(c, v) with the class vectors v of W rows at x (`stride` apart): lane i of v is
+// class c of row i, for c < C. Reads nothing beyond each row's C values.
+template <class V, class X, class Put>
+inline void load_tiles(const X* x, int64_t stride, int64_t C, Put&& put) {
+  constexpr int W = V::width;
+  for (int64_t c0 = 0; c0 < C; c0 += W) {
+    const int n = static_cast<int>(min_i64(W, C - c0));
+    V tile[W];
+    for (int i = 0; i < W; ++i) tile[i] = V::load_partial(x + i * stride + c0, n);
+    V::transpose(tile);
+    for (int j = 0; j < n; ++j) put(c0 + j, tile[j]);
+  }
+}
+
+// The reverse: the class vectors get(c), c < C, into W rows at d. Writes nothing beyond
+// each row's C values.
+template <class V, class X, class Get>
+inline void store_tiles(X* d, int64_t stride, int64_t C, Get&& get) {
+  constexpr int W = V::width;
+  for (int64_t c0 = 0; c0 < C; c0 += W) {
+    const int n = static_cast<int>(min_i64(W, C - c0));
+    V tile[W];
+    for (int j = 0; j < W; ++j) tile[j] = j < n ? get(c0 + j) : V::set1(0);
+    V::transpose(tile);
+    for (int i = 0; i < W; ++i) tile[i].store_partial(d + i * stride + c0, n);
+  }
+}
+
+// xc[c] (lane i = class c of row i) for the rows at x, and the reverse, dc[c] into rows at d.
+template <class V, class X>
+inline void load_classes(const X* x, int64_t stride, int64_t C, V* xc) {
+  load_tiles<V>(x, stride, C, [&](int64_t c, V v) { xc[c] = v; });
+}
+template <class V, class X>
+inline void load_classes(const X* x, int64_t stride, int64_t C, Twice<V>* xc) {
+  load_tiles<V>(x, stride, C, [&](int64_t c, V v) { xc[c].lo = v; });
+  load_tiles<V>(x + V::width * stride, stride, C, [&](int64_t c, V v) { xc[c].hi = v; });
+}
+template <class V, class X>
+inline void store_classes(const V* dc, int64_t C, X* d, int64_t stride) {
+  store_tiles<V>(d, stride, C, [&](int64_t c) { return dc[c]; });
+}
+template <class V, class X>
+inline void store_classes(const Twice<V>* dc, int64_t C, X* d, int64_t stride) {
+  store_tiles<V>(d, stride, C, [&](int64_t c) { return dc[c].lo; });
+  store_tiles<V>(d + V::width * stride, stride, C, [&](int64_t c) { return dc[c].hi; });
+}
 
 template <class V, class T, class X>
 void cross_entropy_small_block(const CeContext<T, X>& ce, int64_t r, const Rows* dx) {
@@ -186,10 +282,10 @@ void cross_entropy_small_block(const CeContext<T, X>& ce, int64_t r, const Rows*
   // The block's logits, class by class (lane i = row r + i), capped with a softcap, and
   // their row max.
   V xc[kSmallClasses], e[kSmallClasses];
+  load_classes(x, xs, C, xc);
   V m = V::set1(neg_inf<T>());
   const T cap = ce.cap;
   for (int64_t c = 0; c < C; ++c) {
-    xc[c] = V::gather(x + c, xs);
     if (cap != 0) xc[c] = V::set1(cap) * vtanh(xc[c] * V::set1(T(1) / cap));
     m = V::max(m, xc[c]);
   }
@@ -218,12 +314,13 @@ void cross_entropy_small_block(const CeContext<T, X>& ce, int64_t r, const Rows*
   V bad = V::select_gt(zero, t, one, V::select_gt(t, V::set1(static_cast<T>(C - 1)), one, zero));
   const V ignored = V::select_eq(t, ignore, one, zero);
   bad = V::select_eq(ignored, one, zero, bad);
-  V x_t = zero, wt = zero;
-  for (int64_t c = 0; c < C; ++c) {
-    const V cv = V::set1(static_cast<T>(c));
+  // (the class index as a vector is counted up, not converted and broadcast: fewer shuffles)
+  V x_t = zero, wt = zero, cv = zero;
+  for (int64_t c = 0; c < C; ++c, cv = cv + one) {
     x_t = V::select_eq(t, cv, xc[c], x_t);
-    wt = V::select_eq(t, cv, has_w ? V::set1(ce.w[c]) : one, wt);
+    if (has_w) wt = V::select_eq(t, cv, V::set1(ce.w[c]), wt);
   }
+  if (!has_w) wt = V::select_eq(bad, one, zero, one);  // 1 for an index in [0, C)
   wt = V::select_eq(ignored, one, zero, wt);  // ignore_index may be a valid class
   // upstream factor: 0 for ignored rows, NaN for bad ones
   V g = ce.stats.grad_stride ? V::load(reinterpret_cast<const T*>(ce.stats.grad) + r)
@@ -249,64 +346,101 @@ void cross_entropy_small_block(const CeContext<T, X>& ce, int64_t r, const Rows*
   const V a = g * A / sum;
   const V b = g * V::set1(eps * inv_c);
   const V one_hot = g * V::set1(1 - eps) * wt;
-  X* d = row_ptr<X>(*dx, r);
-  const int64_t ds = dx->row_stride;  // a local, so the lane offsets stay out of the loop
-  for (int64_t c = 0; c < C; ++c) {
+  V* dc = e;  // the gradient's class vectors replace the exps, then become rows
+  V cls = zero;
+  for (int64_t c = 0; c < C; ++c, cls = cls + one) {
     const V sub = has_w ? b * V::set1(ce.w[c]) : b;
-    const V hot = V::select_eq(t, V::set1(static_cast<T>(c)), one_hot, zero);
-    V dc = e[c] * a - sub - hot;
-    if (cap != 0) dc = through_cap(dc, xc[c], T(1) / cap);
+    const V hot = V::select_eq(t, cls, one_hot, zero);
+    V v = e[c] * a - sub - hot;
+    if (cap != 0) v = through_cap(v, xc[c], T(1) / cap);
     // Ignored rows get exactly 0, even where their logits are NaN.
-    V::select_eq(ignored, one, zero, dc).scatter(d + c, ds);
+    dc[c] = V::select_eq(ignored, one, zero, v);
   }
+  store_classes(dc, C, row_ptr<X>(*dx, r), dx->row_stride);
 }
 
 template <class V, class X, class T = typename V::T>
 void cross_entropy_small_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                               const RowStats& stats, const Rows* dx, int64_t r0, int64_t r1) {
   const CeContext<T, X> ce(logits, target, opt, stats);
-  by_blocks<V>(r0, r1, [&](int64_t r) { cross_entropy_small_block<V>(ce, r, dx); },
-               [&](int64_t r) { cross_entropy_small_block<typename V::Scalar>(ce, r, dx); });
+  // two blocks at a time (Twice), then one, then the rows left one by one
+  int64_t r = r0;
+  for (; r + 2 * V::width <= r1; r += 2 * V::width) cross_entropy_small_block<Twice<V>>(ce, r, dx);
+  for (; r + V::width <= r1; r += V::width) cross_entropy_small_block<V>(ce, r, dx);
+  for (; r < r1; ++r) cross_entropy_small_block<typename V::Scalar>(ce, r, dx);
 }
 
 // Whether the small-class path can take this problem: index targets, few classes (a given
-// lse is not needed: the path recomputes it from the row it holds anyway), lane offsets (W-1) * row_stride that fit the 32-bit gather indices, contiguous
-// targets, no class shard (vocab-parallel), and an ignore_index that float32 represents exactly (class indices are compared
-// as floats there; any index beyond 2^24 is out of range anyway).
-inline bool use_small_classes(const Rows& logits, const Target& target, const LossOptions& opt,
-                              const Rows* dx, int width) {
-  const int64_t limit = (int64_t(1) << 30) / width;
+// lse is not needed: the path recomputes it from the row it holds anyway), contiguous
+// targets, no class shard (vocab-parallel), and an ignore_index that float32 represents
+// exactly (class indices are compared as floats there; any index beyond 2^24 is out of range
+// anyway). Any row strides: rows are read and written one by one.
+inline bool use_small_classes(const Rows& logits, const Target& target, const LossOptions& opt) {
   const int64_t exact = int64_t(1) << 24;
   return logits.cols <= kSmallClasses && target.kind == TargetKind::ClassIndex &&
-         !is_shard(opt, logits.cols) &&
-         target.stride == 1 && -exact < opt.ignore_index && opt.ignore_index < exact &&
-         logits.row_stride < limit && (!dx || dx->row_stride < limit);
+         !is_shard(opt, logits.cols) && target.stride == 1 && -exact < opt.ignore_index &&
+         opt.ignore_index < exact;
 }
+
+// Rows whose statistics wait for their lse, which lse_of_rows takes W rows at a time (one
+// vector log instead of a libm call per row): written when W have gathered, and at the end.
+template <class V, class T, class X>
+struct LseBlock {
+  static constexpr int W = V::width;
+  int64_t r[W];
+  CeRow<T, X> row[W];
+  RowSummary<T> s[W];
+  int n = 0;
+
+  void add(const CeContext<T, X>& ce, int64_t r_, const CeRow<T, X>& row_, const RowSummary<T>& s_) {
+    r[n] = r_;
+    row[n] = row_;
+    s[n] = s_;
+    if (++n == W) flush(ce);
+  }
+  void flush(const CeContext<T, X>& ce) {
+    if (n == 0) return;
+    alignas(64) T max[W], sum[W], lse[W];
+    for (int i = 0; i < n; ++i) {
+      max[i] = s[i].max;
+      sum[i] = s[i].sum;
+    }
+    lse_of_rows<V>(max, sum, n, lse);
+    for (int i = 0; i < n; ++i) {
+      s[i].lse = lse[i];
+      ce.write_stats(r[i], row[i], s[i]);
+    }
+    n = 0;
+  }
+};
 
 // Loss (and lse, argmax) only: one read of each row.
 template <class V, class X = typename V::T, class T = typename V::T>
 void cross_entropy_forward_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                 const RowStats& stats, int64_t r0, int64_t r1) {
-  if (use_small_classes(logits, target, opt, nullptr, V::width))
+  if (use_small_classes(logits, target, opt))
     return cross_entropy_small_rows<V, X>(logits, target, opt, stats, nullptr, r0, r1);
   const CeContext<T, X> ce(logits, target, opt, stats);
   alignas(64) T capped[kChunk];  // a softcap's buffer for one chunk (summarise_row)
+  LseBlock<V, T, X> block;       // every row's lse is taken W rows at a time
   for (int64_t r = r0; r < r1; ++r) {
     const CeRow<T, X> row = ce.template row<typename V::Scalar>(r, nullptr);
     RowSummary<T> s;
     with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
       constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
       const bool argmax = stats.argmax != 0;
+      const int64_t C = logits.cols;
       if (ce.cap != 0) {
-        if (row.dot) s = summarise_row<V, false, true, HasQ, HasW, false, true>(row.x, logits.cols, row.k, capped, nullptr, argmax, nullptr, ce.cap);
-        else s = summarise_row<V, false, false, HasQ, HasW, false, true>(row.x, logits.cols, row.k, capped, nullptr, argmax, nullptr, ce.cap);
+        if (row.dot) s = summarise_row<V, false, true, HasQ, HasW, false, true>(row.x, C, row.k, capped, nullptr, argmax, nullptr, ce.cap, false);
+        else s = summarise_row<V, false, false, HasQ, HasW, false, true>(row.x, C, row.k, capped, nullptr, argmax, nullptr, ce.cap, false);
       } else {
-        if (row.dot) s = summarise_row<V, false, true, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr, argmax);
-        else s = summarise_row<V, false, false, HasQ, HasW>(row.x, logits.cols, row.k, nullptr, nullptr, argmax);
+        if (row.dot) s = summarise_row<V, false, true, HasQ, HasW>(row.x, C, row.k, nullptr, nullptr, argmax, nullptr, 0, false);
+        else s = summarise_row<V, false, false, HasQ, HasW>(row.x, C, row.k, nullptr, nullptr, argmax, nullptr, 0, false);
       }
     });
-    ce.write_stats(r, row, s);
+    block.add(ce, r, row, s);
   }
+  block.flush(ce);
 }
 
 // Loss and gradient. Sweep 1 reads the row and leaves exp(x - running max) in a scratch row;
@@ -318,7 +452,7 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 template <class V, class X = typename V::T, class T = typename V::T>
 void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                                   const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1) {
-  if (use_small_classes(logits, target, opt, &dx, V::width))
+  if (use_small_classes(logits, target, opt))
     return cross_entropy_small_rows<V, X>(logits, target, opt, stats, &dx, r0, r1);
   const CeContext<T, X> ce(logits, target, opt, stats);
   const int64_t C = logits.cols;
@@ -332,6 +466,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
   // is in cache and needs no read before the write; a streaming store would evict it first.
   const bool stream = scratch && stream_output<X>(dx) && dx.data != logits.data;
   const bool argmax = stats.argmax != 0;
+  const bool one_chunk = chunk_length(C) >= C;  // (PendingGradient::chunk_scale)
   with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
    with_flag(ce.cap != 0, [&](auto has_cap) {
     constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
@@ -340,6 +475,10 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
     int cur = 0;  // which scratch row and chunk_max the current row uses
     PendingGradient<T, X> pending;
     bool have_pending = false;
+    // Without a softcap or a z-loss, a row of one chunk needs no lse for its gradient (its
+    // exps are scaled by 1 / sum): its lse is taken with others' (LseBlock) for the stats.
+    const bool defer_lse = one_chunk && !Cap && ce.z == 0;
+    LseBlock<V, T, X> block;
     for (int64_t r = r0; r < r1; ++r) {
       const CeRow<T, X> row = ce.template row<typename V::Scalar>(r, &dx);
       if (row.ignored() && (!stats.lse || stats.lse_is_input) && !argmax) {  // loss 0, grad 0
@@ -377,12 +516,14 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         with_flags(have_pending, row.dot, [&](auto carry, auto dot) {
           constexpr bool Carry = decltype(carry)::value, Dot = decltype(dot)::value;
           s = summarise_row<V, true, Dot, HasQ, HasW, Carry, Cap>(
-              row.x, C, row.k, e, chunk_max[cur], argmax, Carry ? &pending : nullptr, ce.cap);
+              row.x, C, row.k, e, chunk_max[cur], argmax, Carry ? &pending : nullptr, ce.cap,
+              !defer_lse);
         });
         have_pending = false;
         const T A = ce.gradient_terms(row, s, k);
-        const PendingGradient<T, X> grad{row.d, e,   chunk_max[cur], s.lse,  A,
-                                      k,     row.t, ce.one_hot(row), Cap ? T(1) / ce.cap : T(0)};
+        PendingGradient<T, X> grad{row.d, e,   chunk_max[cur], s.lse,  A,
+                                   k,     row.t, ce.one_hot(row), Cap ? T(1) / ce.cap : T(0)};
+        if (one_chunk) grad.inv_sum = T(1) / s.sum;
         if (stream && !row.ignored()) {
           pending = grad;
           have_pending = true;
@@ -394,8 +535,10 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         }
       }
       if (row.ignored()) fill(row.d, C, T(0));  // exactly 0, even where the logits are NaN
-      ce.write_stats(r, row, s);
+      if (defer_lse && !stats.lse_is_input && !two_reads) block.add(ce, r, row, s);
+      else ce.write_stats(r, row, s);
     }
+    block.flush(ce);
     if (have_pending) finish_from_exps<V, HasQ, HasW, true, Cap>(pending, C);
    });
   });

@@ -83,6 +83,49 @@ struct V32 {
     for (int i = 0; i < 8; ++i) base[i * stride] = lanes[i];
   }
 
+  // The first n <= 8 lanes from / to p (the rest loaded as 0, not stored), touching no memory
+  // outside them: masked moves for floats; 16-bit lanes (no masked move) through a buffer.
+  static __m256i first_lanes(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static V32 load_partial(const float* p, int n) { return {_mm256_maskload_ps(p, first_lanes(n))}; }
+  void store_partial(float* p, int n) const { _mm256_maskstore_ps(p, first_lanes(n), v); }
+  template <class X>
+  static V32 load_partial(const X* p, int n) {
+    alignas(16) X lanes[8] = {};
+    std::memcpy(lanes, p, static_cast<std::size_t>(n) * sizeof(X));
+    return load(lanes);
+  }
+  template <class X>
+  void store_partial(X* p, int n) const {
+    alignas(16) X lanes[8];
+    store(lanes);
+    std::memcpy(p, lanes, static_cast<std::size_t>(n) * sizeof(X));
+  }
+
+  // Transposes the 8 x 8 matrix whose row i is m[i]: rows interleaved by 32 bits, then by
+  // 64 bits (each 128-bit lane then holds one column of four rows), then 128-bit lanes
+  // swapped into place: 24 shuffles.
+  static void transpose(V32* m) {
+    __m256 t[8], s[8];
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(m[i].v, m[i + 1].v);
+      t[i + 1] = _mm256_unpackhi_ps(m[i].v, m[i + 1].v);
+    }
+    // s[4q + r], 128-bit lane k: column 4k + r of rows 4q .. 4q + 3
+    for (int q = 0; q < 8; q += 4) {
+      for (int h = 0; h < 2; ++h) {
+        const __m256d a = _mm256_castps_pd(t[q + h]), b = _mm256_castps_pd(t[q + h + 2]);
+        s[q + 2 * h] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, b));
+        s[q + 2 * h + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, b));
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      m[r].v = _mm256_permute2f128_ps(s[r], s[4 + r], 0x20);
+      m[4 + r].v = _mm256_permute2f128_ps(s[r], s[4 + r], 0x31);
+    }
+  }
+
   friend V32 operator+(V32 a, V32 b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend V32 operator-(V32 a, V32 b) { return {_mm256_sub_ps(a.v, b.v)}; }
   friend V32 operator*(V32 a, V32 b) { return {_mm256_mul_ps(a.v, b.v)}; }
@@ -155,6 +198,25 @@ struct V64 {
     alignas(32) double lanes[4];
     _mm256_store_pd(lanes, v);
     for (int i = 0; i < 4; ++i) base[i * stride] = lanes[i];
+  }
+
+  // As V32's (the first n <= 4 lanes), and the 4 x 4 transpose: rows interleaved by 64 bits
+  // (each 128-bit lane then holds one column of two rows), then 128-bit lanes swapped.
+  static __m256i first_lanes(int n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  static V64 load_partial(const double* p, int n) { return {_mm256_maskload_pd(p, first_lanes(n))}; }
+  void store_partial(double* p, int n) const { _mm256_maskstore_pd(p, first_lanes(n), v); }
+  static void transpose(V64* m) {
+    __m256d s[4];  // s[2q + r], 128-bit lane k: column 2k + r of rows 2q, 2q + 1
+    for (int i = 0; i < 4; i += 2) {
+      s[i] = _mm256_unpacklo_pd(m[i].v, m[i + 1].v);
+      s[i + 1] = _mm256_unpackhi_pd(m[i].v, m[i + 1].v);
+    }
+    for (int r = 0; r < 2; ++r) {
+      m[r].v = _mm256_permute2f128_pd(s[r], s[2 + r], 0x20);
+      m[2 + r].v = _mm256_permute2f128_pd(s[r], s[2 + r], 0x31);
+    }
   }
 
   friend V64 operator+(V64 a, V64 b) { return {_mm256_add_pd(a.v, b.v)}; }

@@ -44,11 +44,12 @@ struct V32 {
   // to nearest even on store. bfloat16 is rounded with integer arithmetic rather than
   // AVX512-BF16's VCVTNEPS2BF16, which flushes subnormals to zero: every instruction set then
   // stores the same bits, those of the portable path, of CUDA and of PyTorch.
-  static V32 load(const Half* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))}; }
-  static V32 load(const BFloat16* p) {
-    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-    return {_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))};
+  static V32 from_bits(__m256i h, const Half*) { return {_mm512_cvtph_ps(h)}; }
+  static V32 from_bits(__m256i h, const BFloat16*) {
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
   }
+  static V32 load(const Half* p) { return from_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), p); }
+  static V32 load(const BFloat16* p) { return from_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), p); }
   __m256i bits(Half*) const { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   __m256i bits(BFloat16*) const {
     const __m512i x = _mm512_castps_si512(v), high = _mm512_srli_epi32(x, 16);
@@ -64,6 +65,49 @@ struct V32 {
   template <class X>
   void stream(X* p) const {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bits(p));
+  }
+
+  // The first n <= 16 lanes from / to p (the rest loaded as 0, not stored): masked loads and
+  // stores, which touch no memory outside those lanes (a row's end, the array's end).
+  static __mmask16 first_lanes(int n) { return static_cast<__mmask16>((1u << n) - 1); }
+  static V32 load_partial(const float* p, int n) { return {_mm512_maskz_loadu_ps(first_lanes(n), p)}; }
+  void store_partial(float* p, int n) const { _mm512_mask_storeu_ps(p, first_lanes(n), v); }
+  template <class X>
+  static V32 load_partial(const X* p, int n) {
+    return from_bits(_mm256_maskz_loadu_epi16(first_lanes(n), p), p);
+  }
+  template <class X>
+  void store_partial(X* p, int n) const {
+    _mm256_mask_storeu_epi16(p, first_lanes(n), bits(p));
+  }
+
+  // Transposes the 16 x 16 matrix whose row i is m[i]: lane j of m[i] swaps with lane i of
+  // m[j]. Pairs of rows interleaved by 32 bits, then by 64 bits (each 128-bit lane now holds
+  // one column of four rows), then the 128-bit lanes moved into place: 64 shuffles.
+  static void transpose(V32* m) {
+    __m512 t[16], s[16];
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(m[i].v, m[i + 1].v);
+      t[i + 1] = _mm512_unpackhi_ps(m[i].v, m[i + 1].v);
+    }
+    // s[4q + r], 128-bit lane k: column 4k + r of rows 4q .. 4q + 3
+    for (int q = 0; q < 16; q += 4) {
+      for (int h = 0; h < 2; ++h) {
+        const __m512d a = _mm512_castps_pd(t[q + h]), b = _mm512_castps_pd(t[q + h + 2]);
+        s[q + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        s[q + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      const __m512 lo0 = _mm512_shuffle_f32x4(s[r], s[4 + r], 0x44);  // lanes 0, 1 of each
+      const __m512 hi0 = _mm512_shuffle_f32x4(s[r], s[4 + r], 0xee);  // lanes 2, 3 of each
+      const __m512 lo1 = _mm512_shuffle_f32x4(s[8 + r], s[12 + r], 0x44);
+      const __m512 hi1 = _mm512_shuffle_f32x4(s[8 + r], s[12 + r], 0xee);
+      m[r].v = _mm512_shuffle_f32x4(lo0, lo1, 0x88);
+      m[4 + r].v = _mm512_shuffle_f32x4(lo0, lo1, 0xdd);
+      m[8 + r].v = _mm512_shuffle_f32x4(hi0, hi1, 0x88);
+      m[12 + r].v = _mm512_shuffle_f32x4(hi0, hi1, 0xdd);
+    }
   }
   template <class X>
   static V32 gather(const X* base, int64_t stride) {  // 16-bit lanes: no gather instruction
@@ -131,6 +175,29 @@ struct V64 {
   }
   void scatter(double* base, int64_t stride) const {
     _mm512_i32scatter_pd(base, lane_offsets(stride), v, 8);
+  }
+
+  // As V32's (the first n <= 8 lanes), and the 8 x 8 transpose: rows interleaved by 64 bits
+  // (each 128-bit lane then holds one column of two rows), then 128-bit lanes moved: 24 shuffles.
+  static __mmask8 first_lanes(int n) { return static_cast<__mmask8>((1u << n) - 1); }
+  static V64 load_partial(const double* p, int n) { return {_mm512_maskz_loadu_pd(first_lanes(n), p)}; }
+  void store_partial(double* p, int n) const { _mm512_mask_storeu_pd(p, first_lanes(n), v); }
+  static void transpose(V64* m) {
+    __m512d s[8];  // s[2q + r], 128-bit lane k: column 2k + r of rows 2q, 2q + 1
+    for (int i = 0; i < 8; i += 2) {
+      s[i] = _mm512_unpacklo_pd(m[i].v, m[i + 1].v);
+      s[i + 1] = _mm512_unpackhi_pd(m[i].v, m[i + 1].v);
+    }
+    for (int r = 0; r < 2; ++r) {
+      const __m512d lo0 = _mm512_shuffle_f64x2(s[r], s[2 + r], 0x44);
+      const __m512d hi0 = _mm512_shuffle_f64x2(s[r], s[2 + r], 0xee);
+      const __m512d lo1 = _mm512_shuffle_f64x2(s[4 + r], s[6 + r], 0x44);
+      const __m512d hi1 = _mm512_shuffle_f64x2(s[4 + r], s[6 + r], 0xee);
+      m[r].v = _mm512_shuffle_f64x2(lo0, lo1, 0x88);
+      m[2 + r].v = _mm512_shuffle_f64x2(lo0, lo1, 0xdd);
+      m[4 + r].v = _mm512_shuffle_f64x2(hi0, hi1, 0x88);
+      m[6 + r].v = _mm512_shuffle_f64x2(hi0, hi1, 0xdd);
+    }
   }
 
   friend V64 operator+(V64 a, V64 b) { return {_mm512_add_pd(a.v, b.v)}; }

@@ -44,6 +44,19 @@ struct ScalarVec {
   void scatter(X* base, int64_t) const {
     store(base);
   }
+  // The first n <= width lanes from / to p, the others loaded as 0 and not stored, touching
+  // no memory outside those lanes.
+  template <class X>
+  static ScalarVec load_partial(const X* p, int n) {
+    return n > 0 ? load(p) : set1(T(0));
+  }
+  template <class X>
+  void store_partial(X* p, int n) const {
+    if (n > 0) store(p);
+  }
+  // Transposes the width x width matrix whose row i is m[i] (lane j of m[i] swaps with lane
+  // i of m[j]); nothing to do with one lane.
+  static void transpose(ScalarVec*) {}
 
   friend ScalarVec operator+(ScalarVec a, ScalarVec b) { return {a.v + b.v}; }
   friend ScalarVec operator-(ScalarVec a, ScalarVec b) { return {a.v - b.v}; }
