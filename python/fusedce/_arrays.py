@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import numbers
 import sys
 from dataclasses import dataclass
@@ -73,10 +74,21 @@ def is_bfloat16(a: Any) -> bool:
     return is_torch_bfloat16(a) or _is_ml_bfloat16(getattr(a, "dtype", None))
 
 
+# NumPy's own dtypes by name: dtype.name is computed in Python on every access (microseconds,
+# several times a call), a dictionary lookup is not.
+_NUMPY_NAMES = {np.dtype(t): np.dtype(t).name for t in (
+    np.float16, np.float32, np.float64, np.longdouble, np.complex64, np.complex128, np.bool_,
+    np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
+
+
 def dtype_name(a: Any, arr) -> str:
     """The name of the dtype of the values of ``a``, whose array (from :func:`as_array`) is
     ``arr``: "bfloat16" for bfloat16 whatever its storage, else NumPy's name ("float32").
     A dtype named bfloat16 that is not ml_dtypes' gets its module added (and is refused)."""
+    if type(a) is np.ndarray:  # the common case, quickly: a NumPy array of a NumPy dtype
+        name = _NUMPY_NAMES.get(arr.dtype)
+        if name is not None:
+            return name
     if is_bfloat16(a):
         return "bfloat16"
     name = np.dtype(arr.dtype).name
@@ -172,8 +184,14 @@ class Backend:
 HOST = Backend(np, -1)  # the CPU kernels of _core
 
 
+# Argument types that always mean the host: checked first, as most calls pass only these.
+_HOST_TYPES = frozenset((np.ndarray, type(None), float, int))
+
+
 def backend_of(named: dict[str, Any]) -> Backend:
     """The backend of the array arguments (None values skipped); mixing devices is an error."""
+    if all(type(a) in _HOST_TYPES for a in named.values()):
+        return HOST
     found: dict[str, tuple[Backend, bool]] = {}
     for name, a in named.items():
         if a is None or isinstance(a, (numbers.Number, np.generic)):
@@ -265,12 +283,13 @@ def pointer(a) -> int:
     return int(a.data.ptr) if a.size else 0
 
 
-def byte_extent(a) -> tuple[int, int]:
-    """The bytes ``[start, stop)`` an array's elements occupy, from its pointer, shape and
-    strides (negative strides included); ``(0, 0)`` for an empty array."""
+def byte_extent(a, ptr: int | None = None) -> tuple[int, int]:
+    """The bytes ``[start, stop)`` an array's elements occupy, from its pointer (``ptr``
+    when the caller has it), shape and strides (negative strides included); ``(0, 0)`` for
+    an empty array."""
     if a.size == 0:
         return 0, 0
-    start = stop = pointer(a)
+    start = stop = pointer(a) if ptr is None else ptr
     for n, stride in zip(a.shape, a.strides):
         if stride < 0:
             start += stride * (n - 1)
@@ -289,6 +308,9 @@ def may_overlap(a, b) -> bool:
 
 
 def dtype_code(dtype) -> _core.DType:
+    code = _DTYPES.get(dtype) if isinstance(dtype, np.dtype) else None
+    if code is not None:
+        return code
     dtype = np.dtype(dtype)
     if _is_ml_bfloat16(dtype):
         return _core.DType.bfloat16
@@ -302,10 +324,10 @@ _RESHAPE_NEVER_COPIES = np.lib.NumpyVersion(np.__version__) >= "2.1.0"
 
 def _flat_rows(moved, xp):
     """(rows, C) view of an array whose class axis is last, or None if that needs a copy."""
-    c = moved.shape[-1]
-    n = int(np.prod(moved.shape[:-1], dtype=np.int64))
     if moved.ndim == 2:
         return moved
+    c = moved.shape[-1]
+    n = math.prod(moved.shape[:-1])
     try:
         if xp is np and _RESHAPE_NEVER_COPIES:
             return np.reshape(moved, (n, c), copy=False)
@@ -337,19 +359,20 @@ def class_rows(x, axis: int, xp, *, writable_view: bool = False):
     if rows2d is not None and _usable(rows2d, xp):
         return rows2d, moved.shape, False
     c = moved.shape[-1]
-    n = int(np.prod(moved.shape[:-1], dtype=np.int64))
+    n = math.prod(moved.shape[:-1])
     return xp.ascontiguousarray(moved).reshape(n, c), moved.shape, True
 
 
-def rows_struct(rows2d, bfloat16: bool = False) -> _core.Rows:
+def rows_struct(rows2d, bfloat16: bool = False, ptr: int | None = None) -> _core.Rows:
     """The kernels' view of a (rows, C) array; ``bfloat16`` says that int16 rows are the
-    storage of bfloat16 values (PyTorch's, see :func:`as_array`)."""
+    storage of bfloat16 values (PyTorch's, see :func:`as_array`). ``ptr``: its
+    :func:`pointer`, when the caller has it already."""
     n, c = rows2d.shape
     item = rows2d.dtype.itemsize
     stride = rows2d.strides[0] // item if n > 1 else c
     bits = bfloat16 and rows2d.dtype == np.int16
     code = _core.DType.bfloat16 if bits else dtype_code(rows2d.dtype)
-    return _core.Rows(pointer(rows2d), n, c, stride, code)
+    return _core.Rows(pointer(rows2d) if ptr is None else ptr, n, c, stride, code)
 
 
 def flat_vector(a, xp, dtype):

@@ -15,9 +15,12 @@ FLOAT_DTYPES_TEXT = "float16, bfloat16, float32 or float64"
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 
 
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def compute_dtype(dtype) -> np.dtype:
     """float32 for half precision and float32 input, float64 for float64."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+    return _FLOAT64 if np.dtype(dtype) == _FLOAT64 else _FLOAT32
 
 
 def floating(a, name: str, dtype_name: str | None = None):
@@ -31,10 +34,15 @@ def floating(a, name: str, dtype_name: str | None = None):
     return a
 
 
+# Below, a plain int or float (nearly every call) skips the checks against the abstract
+# number classes, which cost microseconds each; other values take them.
+
+
 def axis_index(axis, ndim: int, name: str = "axis") -> int:
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(axis).__name__}")
-    axis = int(axis)
+    if type(axis) is not int:
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {type(axis).__name__}")
+        axis = int(axis)
     if not -ndim <= axis < ndim:
         raise np.exceptions.AxisError(
             f"{name}={axis} is out of range for an array of {ndim} dimension(s)"
@@ -49,24 +57,28 @@ def reduction(value) -> str:
 
 
 def ignore_index(value) -> int:
+    if type(value) is int:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"ignore_index must be an integer, got {type(value).__name__}")
     return int(value)
 
 
 def label_smoothing(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"label_smoothing must be a number, got {type(value).__name__}")
-    value = float(value)
+    if type(value) is not float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"label_smoothing must be a number, got {type(value).__name__}")
+        value = float(value)
     if not (0.0 <= value <= 1.0):  # also rejects NaN
         raise ValueError(f"label_smoothing must be within [0, 1], got {value}")
     return value
 
 
 def z_loss(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"z_loss must be a number, got {type(value).__name__}")
-    value = float(value)
+    if type(value) is not float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"z_loss must be a number, got {type(value).__name__}")
+        value = float(value)
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"z_loss must be a finite number >= 0, got {value}")
     return value
@@ -91,6 +103,8 @@ def same_shape(a, shape, name: str, what: str):
 
 def scalar_grad(value, name: str = "grad_loss") -> float:
     """A scalar upstream gradient (Python number or 0-d/size-1 array) as a float."""
+    if type(value) is float:
+        return value
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number or an array, got bool")
     if isinstance(value, numbers.Real):

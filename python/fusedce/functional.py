@@ -64,6 +64,7 @@ class _Input:
         self.is_view = not copied
         self.n, self.c = self.rows.shape
         self.row_shape = tuple(self.moved_shape[:-1])
+        self.ptr = arrays.pointer(self.rows)  # asked for several times a call, and not cheap
 
     @property
     def storage_dtype(self):
@@ -71,7 +72,7 @@ class _Input:
         return self.rows.dtype
 
     def struct(self):
-        return arrays.rows_struct(self.rows, self.bf16)
+        return arrays.rows_struct(self.rows, self.bf16, self.ptr)
 
     def like(self, other, name):
         """Another input of the same shape and dtype (softmax_backward's grad), as rows."""
@@ -129,16 +130,21 @@ class _Output:
             self.target, self.caller_result = out_arr, out
         if self.target is not None and inp.is_view:
             rows, _, copied = arrays.class_rows(self.target, inp.axis, xp)
-            if not copied and (inplace or not any(_overlaps(rows, i) for i in (inp, *reads))):
-                self.rows, self.copy_back = rows, False
-                return
+            if not copied:
+                ptr = arrays.pointer(rows)
+                if inplace or not any(_overlaps(rows, ptr, i) for i in (inp, *reads)):
+                    self.rows, self.ptr, self.copy_back = rows, ptr, False
+                    return
         self.copy_back = self.target is not None
         self.rows = xp.empty((inp.n, inp.c), dtype=inp.storage_dtype)
+        self.ptr = arrays.pointer(self.rows)
 
     def struct(self):
-        return arrays.rows_struct(self.rows, self.inp.bf16)
+        return arrays.rows_struct(self.rows, self.inp.bf16, self.ptr)
 
     def result(self):
+        if self.caller_result is not None and not self.copy_back:  # written in place
+            return self.caller_result
         inp, xp = self.inp, self.inp.xp
         full = self.rows.reshape(inp.moved_shape)
         if inp.axis != full.ndim - 1:
@@ -152,14 +158,17 @@ class _Output:
         return inp.to_caller(full, inp.bf16)
 
 
-def _overlaps(rows, inp: _Input):
-    """Whether the output rows overlap the rows an input is read from other than as an exact
-    alias (the kernels may run in place, element for element, but not over a shifted copy of
-    their input). Decided from byte extents, so it holds for any kind of array."""
-    if not arrays.may_overlap(rows, inp.rows):
+def _overlaps(rows, ptr, inp: _Input):
+    """Whether the output rows (at ``ptr``) overlap the rows an input is read from other than
+    as an exact alias (the kernels may run in place, element for element, but not over a
+    shifted copy of their input). Decided from byte extents, so it holds for any kind of
+    array."""
+    a0, a1 = arrays.byte_extent(rows, ptr)
+    b0, b1 = arrays.byte_extent(inp.rows, inp.ptr)
+    if not (a0 < b1 and b0 < a1):
         return False
     same = rows.shape == inp.rows.shape and rows.strides == inp.rows.strides
-    return not (same and arrays.pointer(rows) == arrays.pointer(inp.rows))
+    return not (same and ptr == inp.ptr)
 
 
 class _Target:
@@ -186,13 +195,15 @@ class _Target:
             raise TypeError(f"target must hold {what}, got dtype {arrays.dtype_name(target, t)}")
         if tuple(t.shape) != inp.row_shape:
             raise ValueError(_index_shape_message(t.shape, inp))
-        flat = xp.ascontiguousarray(t.reshape(-1))
+        flat = t if t.ndim == 1 and t.flags.c_contiguous else xp.ascontiguousarray(t.reshape(-1))
+        ptr = arrays.pointer(flat)
+        code = arrays.dtype_code(flat.dtype)
         # Two reductions decide the common case (every index valid, none ignored) cheaply;
         # on a GPU they cost a synchronisation, which validate_targets=False avoids.
         self.none_ignored = False
         if validate and flat.size:
             if xp is np:
-                lo, hi = _core.index_range(arrays.pointer(flat), flat.size, arrays.dtype_code(flat.dtype))
+                lo, hi = _core.index_range(ptr, flat.size, code)
             else:
                 lo, hi = int(flat.min()), int(flat.max())
             self.none_ignored = not (lo <= ignore_index <= hi)
@@ -206,9 +217,7 @@ class _Target:
                     )
         self.index = flat
         self.probs = None
-        self.struct = _core.Target(
-            _core.TargetKind.class_index, arrays.pointer(flat), arrays.dtype_code(flat.dtype), 1
-        )
+        self.struct = _core.Target(_core.TargetKind.class_index, ptr, code, 1)
 
     def row_weights(self, weight, inp: _Input):
         """w[t] for each row, 0 for ignored rows (index targets only)."""
@@ -329,11 +338,12 @@ def _divide(value, denom, xp):
     return xp.where(denom != 0, value / xp.where(denom != 0, denom, 1.0), 0.0)
 
 
-def _reduce(losses, reduction, denom, inp: _Input):
+def _reduce(losses, reduction, denom, inp: _Input, ptr=None):
     if reduction == "none":
         return losses.reshape(inp.row_shape)
     if inp.xp is np:
-        total = _core.sum_as_double(arrays.pointer(losses), losses.size, arrays.dtype_code(losses.dtype))
+        ptr = arrays.pointer(losses) if ptr is None else ptr
+        total = _core.sum_as_double(ptr, losses.size, arrays.dtype_code(losses.dtype))
     else:
         total = losses.sum(dtype=np.float64)
     if reduction == "mean":
@@ -349,9 +359,10 @@ def _grad_factors(grad_loss, reduction, denom, inp: _Input, row_shape):
         checks.same_shape(g, row_shape, "grad_loss", "the per-row loss of reduction='none'")
         return arrays.flat_vector(g, xp, cdtype), 1
     g = checks.scalar_grad(grad_loss)
-    g = arrays.values(g, inp.backend, "grad_loss", np.float64).reshape(())
-    if xp is np:
-        g = float(g)
+    if not (xp is np and type(g) is float):  # a float on the host (the usual 1.0) as it is
+        g = arrays.values(g, inp.backend, "grad_loss", np.float64).reshape(())
+        if xp is np:
+            g = float(g)
     if reduction == "mean":
         g = _divide(g, denom, xp)
     return xp.asarray(g, dtype=cdtype).reshape(1), 0
@@ -374,6 +385,8 @@ def _public(func, array_params, choose_backend):
         for name in by_keyword + [n for _, n in by_position if n in kwargs]:
             named[name] = kwargs.get(name)
         backend = choose_backend(named)
+        if not backend.on_gpu:  # nothing to activate (see Backend.activate)
+            return func(backend, *args, **kwargs)
         with backend.activate():  # unknown keywords raise TypeError in the call below
             return func(backend, *args, **kwargs)
 
@@ -577,9 +590,9 @@ class _LossCall:
     def grad_factors(self, grad_loss):
         return _grad_factors(grad_loss, self.reduction, self.denom, self.inp, self.inp.row_shape)
 
-    def finish(self, losses, lse=None, argmax=None, grad=None):
+    def finish(self, losses, lse=None, argmax=None, grad=None, losses_ptr=None):
         """(loss[, grad][, lse][, argmax]) as the caller's arrays; just loss when alone."""
-        out = [self.inp.to_caller(_reduce(losses, self.reduction, self.denom, self.inp))]
+        out = [self.inp.to_caller(_reduce(losses, self.reduction, self.denom, self.inp, losses_ptr))]
         if grad is not None:
             out.append(grad)
         out += [self.inp.to_caller(a.reshape(self.inp.row_shape)) for a in (lse, argmax) if a is not None]
@@ -670,12 +683,13 @@ def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, re
     losses = call.per_row()
     lse = call.per_row() if return_lse else None
     argmax = call.per_row(np.int64) if return_argmax else None
-    stats = _core.RowStats(loss=arrays.pointer(losses),
+    losses_ptr = arrays.pointer(losses)
+    stats = _core.RowStats(loss=losses_ptr,
                            lse=arrays.pointer(lse) if lse is not None else 0,
                            argmax=arrays.pointer(argmax) if argmax is not None else 0)
     backend.ops.cross_entropy_forward(call.inp.struct(), call.target.struct, call.options, stats,
                                       call.launch)
-    return call.finish(losses, lse, argmax)
+    return call.finish(losses, lse, argmax, losses_ptr=losses_ptr)
 
 
 @_runs_where("logits", "target", "weight", "lse", "out", "grad_loss")
@@ -783,13 +797,14 @@ def cross_entropy_with_grad(backend, logits, target, *, weight=None, ignore_inde
     losses = call.per_row()
     lse = call.per_row() if return_lse else None
     argmax = call.per_row(np.int64) if return_argmax else None
-    stats = _core.RowStats(loss=arrays.pointer(losses),
+    losses_ptr = arrays.pointer(losses)
+    stats = _core.RowStats(loss=losses_ptr,
                            lse=arrays.pointer(lse) if lse is not None else 0,
                            argmax=arrays.pointer(argmax) if argmax is not None else 0,
                            grad=arrays.pointer(factors), grad_stride=stride)
     backend.ops.cross_entropy_with_grad(call.inp.struct(), call.target.struct, call.options, stats,
                                         res.struct(), call.launch)
-    return call.finish(losses, lse, argmax, grad=res.result())
+    return call.finish(losses, lse, argmax, grad=res.result(), losses_ptr=losses_ptr)
 
 
 # ---------------------------------------------------------------------------------------
