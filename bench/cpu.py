@@ -22,8 +22,8 @@ half the bytes of a float32 one):
   fused      fusedce.cross_entropy (forward only);
              fusedce.cross_entropy_with_grad(out=preallocated) and (inplace=True on a
              scratch copy refreshed from the logits before each repetition, untimed);
-             the same out= call on the first 16 rows, whose time is almost all the
-             per-call cost outside the kernel (Python, argument checks, thread hand-off).
+             the same out= call on 16 x 10 logits of the dtype, whose time is almost all
+             the per-call cost outside the kernel (Python, argument checks).
   unfused    our own kernels one after the other: log_softmax(out=) -> nll_loss for
              the forward; then nll_loss_backward(out=) -> log_softmax_backward(out=).
   torch      F.cross_entropy forward (no_grad) and forward + torch.autograd.grad
@@ -80,8 +80,8 @@ PLOT_CLASSES = (10, 100, 1000, 10000, 32000, 128256)
 # Names of the timed operations, in table order.
 FLOOR_COPY, FLOOR_READ = "copy", "read"
 FUSED_FWD, FUSED_FB, FUSED_FB_INPLACE = "fused_fwd", "fused_fwdbwd", "fused_fwdbwd_inplace"
-FUSED_CALL = "fused_fwdbwd_16_rows"  # the per-call cost: the out= call on 16 rows
-CALL_ROWS = 16
+FUSED_CALL = "fused_fwdbwd_16x10"  # the per-call cost: the out= call on 16 x 10 logits
+CALL_SHAPE = (16, 10)
 UNFUSED_FWD, UNFUSED_FB = "unfused_fwd", "unfused_fwdbwd"
 TORCH_FWD, TORCH_FB = "torch_fwd", "torch_fwdbwd"
 # --lm-options: the fused forward+backward with z-loss, a softcap, both (out= and in place),
@@ -305,7 +305,8 @@ class Runner:
             ops.append((FUSED_FWD, lambda: fc.cross_entropy(x, target), None))
         ops.append((FUSED_FB, lambda: fc.cross_entropy_with_grad(x, target, out=out), None))
         if not sweep:
-            xs, ts, outs = x[:CALL_ROWS], target[:CALL_ROWS], out[:CALL_ROWS]
+            xs, ts = make_inputs(*CALL_SHAPE, self.args.seed, x.dtype)
+            outs = touched_like(xs)
             ops.append((FUSED_CALL, lambda: fc.cross_entropy_with_grad(xs, ts, out=outs), None))
         if not sweep and not self.args.no_inplace:
             ops.append((FUSED_FB_INPLACE,
@@ -650,7 +651,7 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
     add("### Forward + backward (loss and gradient): ms (time / copy of the logits)")
     add("")
     head = ["shape", "threads", "copy", "fused out=", "fused inplace", "unfused (ours)",
-            f"call ({CALL_ROWS} rows, us)"]
+            f"call {CALL_SHAPE[0]}x{CALL_SHAPE[1]} (us)"]
     if has_torch:
         head.append("torch")
     if has_ref:
@@ -679,8 +680,8 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
         "numpy ref = fusedce.reference (float64, single-threaded; '-' = skipped). "
         "fused = cross_entropy / cross_entropy_with_grad(out=); "
         "unfused = log_softmax -> nll_loss [-> nll_loss_backward -> log_softmax_backward]. "
-        f"call = the fused out= call on the first {CALL_ROWS} rows: its time is almost all "
-        "per-call cost outside the kernel (Python, argument checks).")
+        f"call = the fused out= call on {CALL_SHAPE[0]} x {CALL_SHAPE[1]} logits: its time is "
+        "almost all per-call cost outside the kernel (Python, argument checks).")
     add("")
     q = round(SPREAD_QUANTILE * 100)
     band = "range" if q == 0 else f"{q}th to {100 - q}th percentile"
