@@ -97,7 +97,7 @@ def test_large_half_gradient_is_float32_rounded_once(shape, dtype, opts):
         fusedce.set_num_threads(before)
 
 
-@pytest.mark.parametrize("c", [10, 48, 49, 300])  # the small-class path up to 48, then rows
+@pytest.mark.parametrize("c", [10, 48, 96, 97, 300])  # the small-class path up to 96, then rows
 @pytest.mark.parametrize("tdtype", [np.int32, np.int64])
 def test_unvalidated_out_of_range_targets_give_nan_rows(c, tdtype):
     """With validate_targets=False an out-of-range class index is never read: its row's loss

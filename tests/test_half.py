@@ -103,7 +103,7 @@ def test_rounding_matches_numpy_and_ml_dtypes(simd_level, dtype):
 
 # (rows, classes): the few-classes path (blocks of rows and a tail), short rows, rows of
 # several chunks (4096 classes each) with a ragged end
-SHAPES = [(37, 7), (19, 48), (9, 300), (5, 4099), (3, 9000)]
+SHAPES = [(37, 7), (19, 48), (35, 90), (9, 300), (5, 4099), (3, 9000)]
 CE_OPTIONS = [dict(), dict(weight=True, label_smoothing=0.1), dict(z_loss=1e-3, softcap=7.0),
               dict(probs=True, weight=True), dict(reduction="none", label_smoothing=0.05)]
 
