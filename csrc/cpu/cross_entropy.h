@@ -170,107 +170,10 @@ struct CeContext {
 };
 
 // ---- Few classes (C <= kSmallClasses), class-index targets ------------------------------
-// One row per SIMD lane: a block of W rows is turned into one vector per class, so max, exp
-// and sums run across rows and the per-row overhead (horizontal reductions, chunk logic)
-// disappears. The block is read and written as W x W tiles: row by row with (masked) vector
-// loads and stores, transposed in registers. Gathers and scatters would move one element
-// per lane and cost several times more than the arithmetic.
-// Up to 96 classes (measured: 1.5-2x faster than the row path from 49 to 96 classes, whose
+// One row per SIMD lane, blocks of rows read and written as transposed tiles (rowwise.h),
+// two blocks at a time (Twice). Up to 96 classes (measured: 1.5-2x faster than the row path from 49 to 96 classes, whose
 // per-row reductions dominate there; slower than it from about 128).
 constexpr int64_t kSmallClasses = 96;
-
-// Two vectors used as one of twice the width (lanes [0, W) in lo). A block's steps are
-// chains of dependent operations (max, sum, log, divisions) with few vectors each; run on
-// Twice, two blocks of rows go through them side by side and each hides the other's latency.
-// Every operation is the one of V lane by lane, so each row gets the same bits either way.
-template <class V>
-struct Twice {
-  using T = typename V::T;
-  using Scalar = typename V::Scalar;
-  static constexpr bool ldexp_any_n = V::ldexp_any_n;
-  static constexpr int width = 2 * V::width;
-  V lo, hi;
-
-  static Twice load(const T* p) { return {V::load(p), V::load(p + V::width)}; }
-  void store(T* p) const {
-    lo.store(p);
-    hi.store(p + V::width);
-  }
-  static Twice set1(T x) { return {V::set1(x), V::set1(x)}; }
-  template <class I>
-  static Twice from_indices(const I* p) {
-    return {V::from_indices(p), V::from_indices(p + V::width)};
-  }
-  friend Twice operator+(Twice a, Twice b) { return {a.lo + b.lo, a.hi + b.hi}; }
-  friend Twice operator-(Twice a, Twice b) { return {a.lo - b.lo, a.hi - b.hi}; }
-  friend Twice operator*(Twice a, Twice b) { return {a.lo * b.lo, a.hi * b.hi}; }
-  friend Twice operator/(Twice a, Twice b) { return {a.lo / b.lo, a.hi / b.hi}; }
-  static Twice fma(Twice a, Twice b, Twice c) { return {V::fma(a.lo, b.lo, c.lo), V::fma(a.hi, b.hi, c.hi)}; }
-  static Twice max(Twice a, Twice b) { return {V::max(a.lo, b.lo), V::max(a.hi, b.hi)}; }
-  static Twice min(Twice a, Twice b) { return {V::min(a.lo, b.lo), V::min(a.hi, b.hi)}; }
-  static Twice select_eq(Twice a, Twice b, Twice yes, Twice no) {
-    return {V::select_eq(a.lo, b.lo, yes.lo, no.lo), V::select_eq(a.hi, b.hi, yes.hi, no.hi)};
-  }
-  static Twice select_gt(Twice a, Twice b, Twice yes, Twice no) {
-    return {V::select_gt(a.lo, b.lo, yes.lo, no.lo), V::select_gt(a.hi, b.hi, yes.hi, no.hi)};
-  }
-  static Twice zero_if_less(Twice x, Twice limit, Twice value) {
-    return {V::zero_if_less(x.lo, limit.lo, value.lo), V::zero_if_less(x.hi, limit.hi, value.hi)};
-  }
-  static Twice split_exponent(Twice x, Twice& e) {
-    return {V::split_exponent(x.lo, e.lo), V::split_exponent(x.hi, e.hi)};
-  }
-  static Twice round_nearest(Twice x) { return {V::round_nearest(x.lo), V::round_nearest(x.hi)}; }
-  static Twice ldexp(Twice p, Twice n) { return {V::ldexp(p.lo, n.lo), V::ldexp(p.hi, n.hi)}; }
-};
-
-// Calls put(c, v) with the class vectors v of W rows at x (`stride` apart): lane i of v is
-// class c of row i, for c < C. Reads nothing beyond each row's C values.
-template <class V, class X, class Put>
-inline void load_tiles(const X* x, int64_t stride, int64_t C, Put&& put) {
-  constexpr int W = V::width;
-  for (int64_t c0 = 0; c0 < C; c0 += W) {
-    const int n = static_cast<int>(min_i64(W, C - c0));
-    V tile[W];
-    for (int i = 0; i < W; ++i) tile[i] = V::load_partial(x + i * stride + c0, n);
-    V::transpose(tile);
-    for (int j = 0; j < n; ++j) put(c0 + j, tile[j]);
-  }
-}
-
-// The reverse: the class vectors get(c), c < C, into W rows at d. Writes nothing beyond
-// each row's C values.
-template <class V, class X, class Get>
-inline void store_tiles(X* d, int64_t stride, int64_t C, Get&& get) {
-  constexpr int W = V::width;
-  for (int64_t c0 = 0; c0 < C; c0 += W) {
-    const int n = static_cast<int>(min_i64(W, C - c0));
-    V tile[W];
-    for (int j = 0; j < W; ++j) tile[j] = j < n ? get(c0 + j) : V::set1(0);
-    V::transpose(tile);
-    for (int i = 0; i < W; ++i) tile[i].store_partial(d + i * stride + c0, n);
-  }
-}
-
-// xc[c] (lane i = class c of row i) for the rows at x, and the reverse, dc[c] into rows at d.
-template <class V, class X>
-inline void load_classes(const X* x, int64_t stride, int64_t C, V* xc) {
-  load_tiles<V>(x, stride, C, [&](int64_t c, V v) { xc[c] = v; });
-}
-template <class V, class X>
-inline void load_classes(const X* x, int64_t stride, int64_t C, Twice<V>* xc) {
-  load_tiles<V>(x, stride, C, [&](int64_t c, V v) { xc[c].lo = v; });
-  load_tiles<V>(x + V::width * stride, stride, C, [&](int64_t c, V v) { xc[c].hi = v; });
-}
-template <class V, class X>
-inline void store_classes(const V* dc, int64_t C, X* d, int64_t stride) {
-  store_tiles<V>(d, stride, C, [&](int64_t c) { return dc[c]; });
-}
-template <class V, class X>
-inline void store_classes(const Twice<V>* dc, int64_t C, X* d, int64_t stride) {
-  store_tiles<V>(d, stride, C, [&](int64_t c) { return dc[c].lo; });
-  store_tiles<V>(d + V::width * stride, stride, C, [&](int64_t c) { return dc[c].hi; });
-}
 
 template <class V, class T, class X>
 void cross_entropy_small_block(const CeContext<T, X>& ce, int64_t r, const Rows* dx) {
@@ -365,11 +268,9 @@ template <class V, class X, class T = typename V::T>
 void cross_entropy_small_rows(const Rows& logits, const Target& target, const LossOptions& opt,
                               const RowStats& stats, const Rows* dx, int64_t r0, int64_t r1) {
   const CeContext<T, X> ce(logits, target, opt, stats);
-  // two blocks at a time (Twice), then one, then the rows left one by one
-  int64_t r = r0;
-  for (; r + 2 * V::width <= r1; r += 2 * V::width) cross_entropy_small_block<Twice<V>>(ce, r, dx);
-  for (; r + V::width <= r1; r += V::width) cross_entropy_small_block<V>(ce, r, dx);
-  for (; r < r1; ++r) cross_entropy_small_block<typename V::Scalar>(ce, r, dx);
+  by_block_pairs<V>(r0, r1, [&](auto lanes, int64_t r) {
+    cross_entropy_small_block<decltype(lanes)>(ce, r, dx);
+  });
 }
 
 // Whether the small-class path can take this problem: index targets, few classes (a given

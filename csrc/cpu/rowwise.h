@@ -516,13 +516,114 @@ void gradient_from_lse(const X* x, X* d, int64_t cols, T lse, T scale,
   }
 }
 
-// Runs block(r) over full blocks of W rows, r0 <= r < r1, and tail(r) over the rows left
-// (the few-classes paths: one row per SIMD lane, then one-lane vectors).
-template <class V, class Block, class Tail>
-void by_blocks(int64_t r0, int64_t r1, Block&& block, Tail&& tail) {
+// ---- Blocks of rows, one row per SIMD lane (the few-classes paths) ---------------------
+// A block of W rows becomes one vector per class (lane i = row i), so that max, exp and sums
+// run across rows and the per-row overhead (horizontal reductions, chunk logic) disappears.
+// The block is read and written as W x W tiles: row by row with (masked) vector loads and
+// stores, transposed in registers. Gathers and scatters would move one element per lane and
+// cost several times more than the arithmetic.
+
+// Two vectors used as one of twice the width (lanes [0, W) in lo). A block's steps are
+// chains of dependent operations (max, sum, log, divisions) with few vectors each; run on
+// Twice, two blocks of rows go through them side by side and each hides the other's latency.
+// Every operation is the one of V lane by lane, so each row gets the same bits either way.
+template <class V>
+struct Twice {
+  using T = typename V::T;
+  using Scalar = typename V::Scalar;
+  static constexpr bool ldexp_any_n = V::ldexp_any_n;
+  static constexpr int width = 2 * V::width;
+  V lo, hi;
+
+  static Twice load(const T* p) { return {V::load(p), V::load(p + V::width)}; }
+  void store(T* p) const {
+    lo.store(p);
+    hi.store(p + V::width);
+  }
+  static Twice set1(T x) { return {V::set1(x), V::set1(x)}; }
+  template <class I>
+  static Twice from_indices(const I* p) {
+    return {V::from_indices(p), V::from_indices(p + V::width)};
+  }
+  friend Twice operator+(Twice a, Twice b) { return {a.lo + b.lo, a.hi + b.hi}; }
+  friend Twice operator-(Twice a, Twice b) { return {a.lo - b.lo, a.hi - b.hi}; }
+  friend Twice operator*(Twice a, Twice b) { return {a.lo * b.lo, a.hi * b.hi}; }
+  friend Twice operator/(Twice a, Twice b) { return {a.lo / b.lo, a.hi / b.hi}; }
+  static Twice fma(Twice a, Twice b, Twice c) { return {V::fma(a.lo, b.lo, c.lo), V::fma(a.hi, b.hi, c.hi)}; }
+  static Twice max(Twice a, Twice b) { return {V::max(a.lo, b.lo), V::max(a.hi, b.hi)}; }
+  static Twice min(Twice a, Twice b) { return {V::min(a.lo, b.lo), V::min(a.hi, b.hi)}; }
+  static Twice select_eq(Twice a, Twice b, Twice yes, Twice no) {
+    return {V::select_eq(a.lo, b.lo, yes.lo, no.lo), V::select_eq(a.hi, b.hi, yes.hi, no.hi)};
+  }
+  static Twice select_gt(Twice a, Twice b, Twice yes, Twice no) {
+    return {V::select_gt(a.lo, b.lo, yes.lo, no.lo), V::select_gt(a.hi, b.hi, yes.hi, no.hi)};
+  }
+  static Twice zero_if_less(Twice x, Twice limit, Twice value) {
+    return {V::zero_if_less(x.lo, limit.lo, value.lo), V::zero_if_less(x.hi, limit.hi, value.hi)};
+  }
+  static Twice split_exponent(Twice x, Twice& e) {
+    return {V::split_exponent(x.lo, e.lo), V::split_exponent(x.hi, e.hi)};
+  }
+  static Twice round_nearest(Twice x) { return {V::round_nearest(x.lo), V::round_nearest(x.hi)}; }
+  static Twice ldexp(Twice p, Twice n) { return {V::ldexp(p.lo, n.lo), V::ldexp(p.hi, n.hi)}; }
+};
+
+// Calls put(c, v) with the class vectors v of W rows at x (`stride` apart): lane i of v is
+// class c of row i, for c < C. Reads nothing beyond each row's C values.
+template <class V, class X, class Put>
+inline void load_tiles(const X* x, int64_t stride, int64_t C, Put&& put) {
+  constexpr int W = V::width;
+  for (int64_t c0 = 0; c0 < C; c0 += W) {
+    const int n = static_cast<int>(min_i64(W, C - c0));
+    V tile[W];
+    for (int i = 0; i < W; ++i) tile[i] = V::load_partial(x + i * stride + c0, n);
+    V::transpose(tile);
+    for (int j = 0; j < n; ++j) put(c0 + j, tile[j]);
+  }
+}
+
+// The reverse: the class vectors get(c), c < C, into W rows at d. Writes nothing beyond
+// each row's C values.
+template <class V, class X, class Get>
+inline void store_tiles(X* d, int64_t stride, int64_t C, Get&& get) {
+  constexpr int W = V::width;
+  for (int64_t c0 = 0; c0 < C; c0 += W) {
+    const int n = static_cast<int>(min_i64(W, C - c0));
+    V tile[W];
+    for (int j = 0; j < W; ++j) tile[j] = j < n ? get(c0 + j) : V::set1(0);
+    V::transpose(tile);
+    for (int i = 0; i < W; ++i) tile[i].store_partial(d + i * stride + c0, n);
+  }
+}
+
+// xc[c] (lane i = class c of row i) for the rows at x, and the reverse, dc[c] into rows at d.
+template <class V, class X>
+inline void load_classes(const X* x, int64_t stride, int64_t C, V* xc) {
+  load_tiles<V>(x, stride, C, [&](int64_t c, V v) { xc[c] = v; });
+}
+template <class V, class X>
+inline void load_classes(const X* x, int64_t stride, int64_t C, Twice<V>* xc) {
+  load_tiles<V>(x, stride, C, [&](int64_t c, V v) { xc[c].lo = v; });
+  load_tiles<V>(x + V::width * stride, stride, C, [&](int64_t c, V v) { xc[c].hi = v; });
+}
+template <class V, class X>
+inline void store_classes(const V* dc, int64_t C, X* d, int64_t stride) {
+  store_tiles<V>(d, stride, C, [&](int64_t c) { return dc[c]; });
+}
+template <class V, class X>
+inline void store_classes(const Twice<V>* dc, int64_t C, X* d, int64_t stride) {
+  store_tiles<V>(d, stride, C, [&](int64_t c) { return dc[c].lo; });
+  store_tiles<V>(d + V::width * stride, stride, C, [&](int64_t c) { return dc[c].hi; });
+}
+
+// Runs block(lanes, r) over the rows [r0, r1): two blocks of W rows at a time (`lanes` a
+// Twice<V>), then one (a V), then the rows left one by one (a V::Scalar).
+template <class V, class Block>
+void by_block_pairs(int64_t r0, int64_t r1, Block&& block) {
   int64_t r = r0;
-  for (; r + V::width <= r1; r += V::width) block(r);
-  for (; r < r1; ++r) tail(r);
+  for (; r + 2 * V::width <= r1; r += 2 * V::width) block(Twice<V>{}, r);
+  for (; r + V::width <= r1; r += V::width) block(V{}, r);
+  for (; r < r1; ++r) block(typename V::Scalar{}, r);
 }
 
 // Calls f(flag) with the flag as a std::bool_constant value (see with_flags).

@@ -12,13 +12,11 @@
 namespace fusedce::cpu {
 namespace {
 
-// ---- Few classes (C <= kSmallSoftmax): one row per SIMD lane, as in cross_entropy.h -------
+// ---- Few classes (C <= kSmallSoftmax): one row per SIMD lane, blocks of rows read and
+// written as transposed tiles (rowwise.h), two blocks at a time, as in cross_entropy.h ----
 constexpr int64_t kSmallSoftmax = 32;
 
-inline bool small_softmax(const Rows& a, const Rows& b, int width) {
-  const int64_t limit = (int64_t(1) << 30) / width;  // 32-bit gather offsets
-  return a.cols <= kSmallSoftmax && a.row_stride < limit && b.row_stride < limit;
-}
+inline bool small_softmax(const Rows& a) { return a.cols <= kSmallSoftmax; }
 
 // Rows are stored as X and computed in T (see rowwise.h).
 template <class V, class X, class T = typename V::T>
@@ -26,10 +24,10 @@ void softmax_forward_block(const Rows& x, const Rows& y, bool log, int64_t r) {
   const int64_t C = x.cols;
   const X* xr = row_ptr<X>(x, r);
   X* yr = row_ptr<X>(y, r);
-  const int64_t xs = x.row_stride, ys = y.row_stride;  // locals: lane offsets stay out of loops
   V xc[kSmallSoftmax];
+  load_classes(xr, x.row_stride, C, xc);
   V m = V::set1(neg_inf<T>()), sum = V::set1(0);
-  for (int64_t c = 0; c < C; ++c) m = V::max(m, xc[c] = V::gather(xr + c, xs));
+  for (int64_t c = 0; c < C; ++c) m = V::max(m, xc[c]);
   for (int64_t c = 0; c < C; ++c) {
     const V e = vexp(xc[c] - m);
     sum = sum + e;
@@ -37,11 +35,12 @@ void softmax_forward_block(const Rows& x, const Rows& y, bool log, int64_t r) {
   }
   if (log) {
     const V lse = m + vlog(sum);
-    for (int64_t c = 0; c < C; ++c) (xc[c] - lse).scatter(yr + c, ys);
+    for (int64_t c = 0; c < C; ++c) xc[c] = xc[c] - lse;
   } else {
     const V inv = V::set1(1) / sum;
-    for (int64_t c = 0; c < C; ++c) (xc[c] * inv).scatter(yr + c, ys);
+    for (int64_t c = 0; c < C; ++c) xc[c] = xc[c] * inv;
   }
+  store_classes(xc, C, yr, y.row_stride);
 }
 
 template <class V, class X, class T = typename V::T>
@@ -50,27 +49,23 @@ void softmax_backward_block(const Rows& grad, const Rows& y, const Rows& dx, boo
   const X* g = row_ptr<X>(grad, r);
   const X* yr = row_ptr<X>(y, r);
   X* d = row_ptr<X>(dx, r);
-  const int64_t gs = grad.row_stride, ys = y.row_stride, ds = dx.row_stride;
   V gc[kSmallSoftmax], yc[kSmallSoftmax];
+  load_classes(g, grad.row_stride, C, gc);
+  load_classes(yr, y.row_stride, C, yc);
   V acc = V::set1(0);
-  for (int64_t c = 0; c < C; ++c) {
-    gc[c] = V::gather(g + c, gs);
-    yc[c] = V::gather(yr + c, ys);
-    acc = log ? acc + gc[c] : V::fma(gc[c], yc[c], acc);
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    const V v = log ? gc[c] - vexp(yc[c]) * acc : yc[c] * (gc[c] - acc);
-    v.scatter(d + c, ds);
-  }
+  for (int64_t c = 0; c < C; ++c) acc = log ? acc + gc[c] : V::fma(gc[c], yc[c], acc);
+  for (int64_t c = 0; c < C; ++c) gc[c] = log ? gc[c] - vexp(yc[c]) * acc : yc[c] * (gc[c] - acc);
+  store_classes(gc, C, d, dx.row_stride);
 }
 
 template <class V, class X = typename V::T, class T = typename V::T>
 void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, int64_t r1) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
-  if (small_softmax(x, y, W))
-    return by_blocks<V>(r0, r1, [&](int64_t r) { softmax_forward_block<V, X>(x, y, log, r); },
-                        [&](int64_t r) { softmax_forward_block<S, X>(x, y, log, r); });
+  if (small_softmax(x))
+    return by_block_pairs<V>(r0, r1, [&](auto lanes, int64_t r) {
+      softmax_forward_block<decltype(lanes), X>(x, y, log, r);
+    });
   const int64_t C = x.cols;
   const ClassCoefficients<T, X> none{nullptr, nullptr, 0, 0};
   T chunk_max[kMaxChunks];
@@ -113,9 +108,10 @@ void softmax_backward_rows(const Rows& grad, const Rows& y, const Rows& dx, bool
                            int64_t r1) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
-  if (small_softmax(y, dx, W) && small_softmax(grad, y, W))
-    return by_blocks<V>(r0, r1, [&](int64_t r) { softmax_backward_block<V, X>(grad, y, dx, log, r); },
-                        [&](int64_t r) { softmax_backward_block<S, X>(grad, y, dx, log, r); });
+  if (small_softmax(y))
+    return by_block_pairs<V>(r0, r1, [&](auto lanes, int64_t r) {
+      softmax_backward_block<decltype(lanes), X>(grad, y, dx, log, r);
+    });
   const int64_t C = y.cols;
   for (int64_t r = r0; r < r1; ++r) {
     const X* g = row_ptr<X>(grad, r);

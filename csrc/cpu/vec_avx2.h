@@ -30,19 +30,6 @@ struct V32 {
     for (int i = 0; i < 8; ++i) lanes[i] = static_cast<float>(p[i]);
     return {_mm256_load_ps(lanes)};
   }
-  // The caller guarantees 7 * stride fits in int32 (see the small-class path).
-  static __m256i lane_offsets(int64_t stride) {
-    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                              _mm256_set1_epi32(static_cast<int>(stride)));
-  }
-  static V32 gather(const float* base, int64_t stride) {
-    return {_mm256_i32gather_ps(base, lane_offsets(stride), 4)};
-  }
-  void scatter(float* base, int64_t stride) const {  // AVX2 has no scatter instruction
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, v);
-    for (int i = 0; i < 8; ++i) base[i * stride] = lanes[i];
-  }
 
   // float16 (F16C) and bfloat16 storage (half.h): 8 values in 16 bytes, widened on load,
   // rounded to nearest even on store (bfloat16 with integer arithmetic, NaN kept quiet).
@@ -69,18 +56,6 @@ struct V32 {
   template <class X>
   void stream(X* p) const {
     _mm_stream_si128(reinterpret_cast<__m128i*>(p), bits(p));
-  }
-  template <class X>
-  static V32 gather(const X* base, int64_t stride) {
-    alignas(16) X lanes[8];
-    for (int i = 0; i < 8; ++i) lanes[i] = base[i * stride];
-    return load(lanes);
-  }
-  template <class X>
-  void scatter(X* base, int64_t stride) const {
-    alignas(16) X lanes[8];
-    store(lanes);
-    for (int i = 0; i < 8; ++i) base[i * stride] = lanes[i];
   }
 
   // The first n <= 8 lanes from / to p (the rest loaded as 0, not stored), touching no memory
@@ -189,15 +164,6 @@ struct V64 {
     alignas(32) double lanes[4];
     for (int i = 0; i < 4; ++i) lanes[i] = static_cast<double>(p[i]);
     return {_mm256_load_pd(lanes)};
-  }
-  static V64 gather(const double* base, int64_t stride) {
-    __m128i idx = _mm_mullo_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(static_cast<int>(stride)));
-    return {_mm256_i32gather_pd(base, idx, 8)};
-  }
-  void scatter(double* base, int64_t stride) const {
-    alignas(32) double lanes[4];
-    _mm256_store_pd(lanes, v);
-    for (int i = 0; i < 4; ++i) base[i * stride] = lanes[i];
   }
 
   // As V32's (the first n <= 4 lanes), and the 4 x 4 transpose: rows interleaved by 64 bits

@@ -28,17 +28,6 @@ struct V32 {
     const __m256 hi = _mm512_cvtepi64_ps(_mm512_loadu_si512(p + 8));
     return {_mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1)};
   }
-  // The caller guarantees 15 * stride fits in int32 (see the small-class path).
-  static __m512i lane_offsets(int64_t stride) {
-    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                              _mm512_set1_epi32(static_cast<int>(stride)));
-  }
-  static V32 gather(const float* base, int64_t stride) {
-    return {_mm512_i32gather_ps(lane_offsets(stride), base, 4)};
-  }
-  void scatter(float* base, int64_t stride) const {
-    _mm512_i32scatter_ps(base, lane_offsets(stride), v, 4);
-  }
 
   // float16 and bfloat16 storage (half.h): 16 values in 32 bytes, widened on load, rounded
   // to nearest even on store. bfloat16 is rounded with integer arithmetic rather than
@@ -109,18 +98,6 @@ struct V32 {
       m[12 + r].v = _mm512_shuffle_f32x4(hi0, hi1, 0xdd);
     }
   }
-  template <class X>
-  static V32 gather(const X* base, int64_t stride) {  // 16-bit lanes: no gather instruction
-    alignas(32) X lanes[16];
-    for (int i = 0; i < 16; ++i) lanes[i] = base[i * stride];
-    return load(lanes);
-  }
-  template <class X>
-  void scatter(X* base, int64_t stride) const {
-    alignas(32) X lanes[16];
-    store(lanes);
-    for (int i = 0; i < 16; ++i) base[i * stride] = lanes[i];
-  }
 
   friend V32 operator+(V32 a, V32 b) { return {_mm512_add_ps(a.v, b.v)}; }
   friend V32 operator-(V32 a, V32 b) { return {_mm512_sub_ps(a.v, b.v)}; }
@@ -166,16 +143,6 @@ struct V64 {
     return {_mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
   }
   static V64 from_indices(const int64_t* p) { return {_mm512_cvtepi64_pd(_mm512_loadu_si512(p))}; }
-  static __m256i lane_offsets(int64_t stride) {
-    return _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                              _mm256_set1_epi32(static_cast<int>(stride)));
-  }
-  static V64 gather(const double* base, int64_t stride) {
-    return {_mm512_i32gather_pd(lane_offsets(stride), base, 8)};
-  }
-  void scatter(double* base, int64_t stride) const {
-    _mm512_i32scatter_pd(base, lane_offsets(stride), v, 8);
-  }
 
   // As V32's (the first n <= 8 lanes), and the 8 x 8 transpose: rows interleaved by 64 bits
   // (each 128-bit lane then holds one column of two rows), then 128-bit lanes moved: 24 shuffles.

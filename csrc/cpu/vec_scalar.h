@@ -35,15 +35,6 @@ struct ScalarVec {
   static ScalarVec from_indices(const I* p) {
     return {static_cast<T>(*p)};
   }
-  // Lane i reads base[i * stride]; with one lane, just base[0].
-  template <class X>
-  static ScalarVec gather(const X* base, int64_t) {
-    return load(base);
-  }
-  template <class X>
-  void scatter(X* base, int64_t) const {
-    store(base);
-  }
   // The first n <= width lanes from / to p, the others loaded as 0 and not stored, touching
   // no memory outside those lanes.
   template <class X>
