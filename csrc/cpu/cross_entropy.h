@@ -123,12 +123,6 @@ struct CeContext {
   T capped(T v) const {
     return cap != 0 ? cap * vtanh(S{v * (T(1) / cap)}).v : v;
   }
-  // The cap's slope at a capped logit, 1 - (v / softcap)^2 (1 without a cap).
-  T cap_slope(T v) const {
-    const T t = cap != 0 ? v / cap : T(0);
-    return 1 - t * t;
-  }
-
   T z_term(const RowSummary<T>& s) const { return z != 0 ? z * s.lse * s.lse : T(0); }
 
   T loss(const CeRow<T, X>& row, const RowSummary<T>& s) const {
@@ -171,8 +165,8 @@ struct CeContext {
 
 // ---- Few classes (C <= kSmallClasses), class-index targets ------------------------------
 // One row per SIMD lane, blocks of rows read and written as transposed tiles (rowwise.h),
-// two blocks at a time (Twice). Up to 96 classes (measured: 1.5-2x faster than the row path from 49 to 96 classes, whose
-// per-row reductions dominate there; slower than it from about 128).
+// two blocks at a time (Twice). Up to 96 classes: measured 1.5-2x faster than the row path
+// from 49 to 96 classes, whose per-row reductions dominate there; slower from about 128.
 constexpr int64_t kSmallClasses = 96;
 
 template <class V, class T, class X>
@@ -303,7 +297,7 @@ struct LseBlock {
   }
   void flush(const CeContext<T, X>& ce) {
     if (n == 0) return;
-    alignas(64) T max[W], sum[W], lse[W];
+    alignas(64) T max[W] = {}, sum[W] = {}, lse[W];  // (zeros: only n are read, which GCC cannot see)
     for (int i = 0; i < n; ++i) {
       max[i] = s[i].max;
       sum[i] = s[i].sum;
@@ -378,9 +372,10 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
     int cur = 0;  // which scratch row and chunk_max the current row uses
     PendingGradient<T, X> pending;
     bool have_pending = false;
-    // Without a softcap or a z-loss, a row of one chunk needs no lse for its gradient (its
-    // exps are scaled by 1 / sum): its lse is taken with others' (LseBlock) for the stats.
-    const bool defer_lse = one_chunk && !Cap && ce.z == 0;
+    // Without a softcap or a z-loss, a row of one chunk swept into scratch needs no lse for
+    // its gradient (its exps are scaled by 1 / sum): its lse is taken with others' (LseBlock)
+    // for the stats.
+    const bool defer_lse = one_chunk && !Cap && ce.z == 0 && !stats.lse_is_input && !two_reads;
     LseBlock<V, T, X> block;
     for (int64_t r = r0; r < r1; ++r) {
       const CeRow<T, X> row = ce.template row<typename V::Scalar>(r, &dx);
@@ -438,7 +433,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         }
       }
       if (row.ignored()) fill(row.d, C, T(0));  // exactly 0, even where the logits are NaN
-      if (defer_lse && !stats.lse_is_input && !two_reads) block.add(ce, r, row, s);
+      if (defer_lse) block.add(ce, r, row, s);
       else ce.write_stats(r, row, s);
     }
     block.flush(ce);
