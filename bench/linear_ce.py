@@ -9,10 +9,16 @@ Inputs: x (N, H), W (V, H) (no bias), int64 targets with a fraction --ignore of 
 to ignore_index (-100), reduction "mean". Timed, each a forward and a backward giving the
 gradients of x and W:
 
-  gemms          the three GEMMs alone, full batch, into preallocated outputs:
-                 L = x @ W.T, gx = L @ W, gW = L.T @ x, with the BLAS fusedce uses (SciPy's
-                 when installed, else NumPy's). The floor: what any implementation that
-                 does the GEMMs must pay.
+  gemms          the three GEMMs alone, full batch: L = x @ W.T, gx = L @ W, gW = L.T @ x,
+                 with the BLAS fusedce uses (SciPy's when installed, else NumPy's). The
+                 floor: what any implementation that does the GEMMs must pay. The logits L
+                 go into a buffer allocated once, outside the timing (in the floor's
+                 favour: materialising them per call would cost it 500 MiB of fresh pages);
+                 gx and gW, returned like every method's gradients, into new arrays per
+                 call as the other methods' are: first-touch page faults of fresh memory
+                 are a cost of returning new gradients, not of the fusion (on this VM they
+                 are ~0.3 s of system time for 70 MiB when freed memory went back to the
+                 host), and a floor that skipped them would charge them to the others.
   fused          fusedce.linear_cross_entropy_with_grad (chunked; ignored rows dropped).
   torch ref      F.linear_cross_entropy(options=None) + torch.autograd.grad (whole logits).
   torch chunked  F.linear_cross_entropy(options=torch.nn.LinearCrossEntropyOptions())
@@ -129,12 +135,12 @@ class Bench:
 
     def gemms(self):
         np = self.np
+        dt = self.x.dtype
         if self.gemm_bufs is None:
-            dt = self.x.dtype
-            self.gemm_bufs = (np.empty((self.args.n, self.args.v), dt),
-                              np.empty((self.args.n, self.args.h), dt),
-                              np.empty((self.args.v, self.args.h), dt))
-        logits, gx, gw = self.gemm_bufs
+            self.gemm_bufs = np.empty((self.args.n, self.args.v), dt)
+        logits = self.gemm_bufs
+        gx = np.empty((self.args.n, self.args.h), dt)
+        gw = np.empty((self.args.v, self.args.h), dt)
         gemm = self.fc.linear._scipy_gemm(self.x.dtype)
         if gemm is None:
             np.matmul(self.x, self.w.T, out=logits)

@@ -12,9 +12,11 @@ divisor of ``"mean"`` is known from the targets before the first chunk, so every
 gradient comes out already scaled: nothing is recomputed and nothing N x V is stored.
 
 The GEMMs are the array module's (BLAS through NumPy on the CPU, cuBLAS through CuPy on a
-GPU). ``grad_linear_weight`` is accumulated in place, chunk after chunk, by a GEMM with
-``beta = 1`` (SciPy's BLAS wrapper when SciPy is installed, ``cupy.cublas`` on a GPU); without
-one, each chunk's product goes through one reused (V, H) temporary and an addition.
+GPU). ``grad_linear_weight`` is written by the first chunk's GEMM (``beta = 0``: the array
+starts uninitialised, no pass of zeros) and accumulated in place by the others' (``beta =
+1``), through SciPy's BLAS wrapper when SciPy is installed and ``cupy.cublas`` on a GPU;
+without one, each later chunk's product goes through one reused (V, H) temporary and an
+addition.
 """
 
 from __future__ import annotations
@@ -111,14 +113,19 @@ class _Gemm:
             return self._check(self.gemm(1.0, w.T, g.T, c=out.T, overwrite_c=1), out)
         return self.xp.matmul(g, w, out=out)
 
-    def add_grad_weight(self, g, x, acc):
-        """acc += g.T @ x"""
+    def add_grad_weight(self, g, x, acc, first=False):
+        """acc += g.T @ x, or acc = g.T @ x for the first chunk (``acc`` may then hold
+        anything: it is never read, so a fresh np.empty costs no pass of zeros)."""
+        beta = 0.0 if first else 1.0
         if self._blas(acc, g, x):  # acc.T (H, V) += x.T (H, m) @ g (m, V)
-            self._check(self.gemm(1.0, x.T, g.T, beta=1.0, c=acc.T, trans_b=1, overwrite_c=1),
+            self._check(self.gemm(1.0, x.T, g.T, beta=beta, c=acc.T, trans_b=1, overwrite_c=1),
                         acc)
             return
         if self.cublas is not None:  # pragma: no cover - needs a GPU
-            self.cublas.gemm("T", "N", g, x, out=acc, alpha=1.0, beta=1.0)
+            self.cublas.gemm("T", "N", g, x, out=acc, alpha=1.0, beta=beta)
+            return
+        if first:
+            self.xp.matmul(g.T, x, out=acc)
             return
         if self.tmp is None:
             self.tmp = self.xp.empty(self.shape, dtype=self.dtype)
@@ -355,7 +362,8 @@ def _with_grad(p: _Problem, grad_loss):
     losses = xp.empty(p.m, dtype=p.cdtype)
     direct = p.keep is None and p.native
     grad_x = (xp.empty if p.keep is None else xp.zeros)((p.n, p.h), dtype=p.cdtype)
-    grad_w = xp.zeros((p.v, p.h), dtype=p.cdtype)
+    # written whole by the first chunk's GEMM (beta = 0); zeros only when there is none
+    grad_w = (xp.empty if p.m else xp.zeros)((p.v, p.h), dtype=p.cdtype)
     grad_b = xp.zeros(p.v, dtype=p.cdtype) if p.b is not None else None
     if p.m:
         gemm = _Gemm(xp, p.cdtype, p.v, p.h)
@@ -378,7 +386,7 @@ def _with_grad(p: _Problem, grad_loss):
                     grad_x[s:e] = gi
                 else:
                     grad_x[p.keep[s:e]] = gi
-            gemm.add_grad_weight(g, xc, grad_w)
+            gemm.add_grad_weight(g, xc, grad_w, first=s == 0)
             if grad_b is not None:
                 xp.matmul(ones[:e - s], g, out=btmp)
                 grad_b += btmp
