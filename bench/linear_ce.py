@@ -19,6 +19,9 @@ gradients of x and W:
                  are a cost of returning new gradients, not of the fusion (on this VM they
                  are ~0.3 s of system time for 70 MiB when freed memory went back to the
                  host), and a floor that skipped them would charge them to the others.
+  gemms_reuse    the same GEMMs with gx and gW, too, in buffers allocated once: what the
+                 floor costs when nothing is allocated per call (the floor's definition
+                 before 2026-12-02), for comparison.
   fused          fusedce.linear_cross_entropy_with_grad (chunked; ignored rows dropped).
   torch ref      F.linear_cross_entropy(options=None) + torch.autograd.grad (whole logits).
   torch chunked  F.linear_cross_entropy(options=torch.nn.LinearCrossEntropyOptions())
@@ -51,8 +54,9 @@ import os
 import subprocess
 import sys
 
-METHODS = ("gemms", "fused", "torch_ref", "torch_chunked")
-LABELS = {"gemms": "three GEMMs (floor)", "fused": "fusedce fused",
+METHODS = ("gemms", "gemms_reuse", "fused", "torch_ref", "torch_chunked")
+LABELS = {"gemms": "three GEMMs (floor)", "gemms_reuse": "three GEMMs, outputs reused",
+          "fused": "fusedce fused",
           "torch_ref": "torch reference", "torch_chunked": "torch chunked"}
 
 
@@ -133,14 +137,20 @@ class Bench:
     def fn(self, method):
         return getattr(self, method)
 
-    def gemms(self):
+    def gemms(self, reuse=False):
         np = self.np
         dt = self.x.dtype
+        n, h, v = self.args.n, self.args.h, self.args.v
         if self.gemm_bufs is None:
-            self.gemm_bufs = np.empty((self.args.n, self.args.v), dt)
-        logits = self.gemm_bufs
-        gx = np.empty((self.args.n, self.args.h), dt)
-        gw = np.empty((self.args.v, self.args.h), dt)
+            self.gemm_bufs = {"logits": np.empty((n, v), dt)}
+        bufs = self.gemm_bufs
+        logits = bufs["logits"]
+        if reuse:
+            if "gx" not in bufs:
+                bufs["gx"], bufs["gw"] = np.empty((n, h), dt), np.empty((v, h), dt)
+            gx, gw = bufs["gx"], bufs["gw"]
+        else:
+            gx, gw = np.empty((n, h), dt), np.empty((v, h), dt)
         gemm = self.fc.linear._scipy_gemm(self.x.dtype)
         if gemm is None:
             np.matmul(self.x, self.w.T, out=logits)
@@ -155,6 +165,9 @@ class Bench:
         gemm(1.0, w.T, logits.T, c=gx.T, overwrite_c=1)             # gx = logits @ w
         gemm(1.0, x.T, logits.T, c=gw.T, trans_b=1, overwrite_c=1)  # gw = logits.T @ x
         return gx, gw
+
+    def gemms_reuse(self):
+        return self.gemms(reuse=True)
 
     def drop_gemm_buffers(self):
         self.gemm_bufs = None
@@ -209,7 +222,7 @@ def child(args):
     fn = bench.fn(args.child)
     result = fn()
     del result
-    if args.child == "gemms":
+    if args.child.startswith("gemms"):
         bench.drop_gemm_buffers()  # its outputs count as the call's memory, as for the others
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
