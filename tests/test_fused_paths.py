@@ -1,8 +1,8 @@
 """The CPU kernel's large-output paths: streaming stores, the gradient of one row written
 while the next row is read (csrc/cpu/cross_entropy.h), the unaligned heads and tails.
 
-They only run for outputs of at least 16 MiB with rows of at least 16 KiB, so the parity
-tests' small shapes never reach them. Checked here: the same values as the reference, and
+They only run for outputs of at least 16 MiB with rows of at least 2 KiB (in place: rows of
+at least 1 MiB), so the parity tests' small shapes never reach them. Checked here: the same values as the reference, and
 bit for bit the same values whatever the thread count, the SIMD alignment of the output, or
 whether the gradient goes to out= or over the logits.
 """
@@ -15,7 +15,8 @@ import fusedce.reference as ref
 
 # 1100 x 4100 float32 = 17.2 MiB with 16.4 KiB rows: streamed. 4100 is not a multiple of a
 # vector, so rows start at every alignment; 4096 columns keep every row aligned (pipelined).
-SHAPES = [(1100, 4100), (1100, 4096)]
+# 17 rows of 1 MiB + 16 bytes: streamed in place too (rows too long to stay in cache).
+SHAPES = [(1100, 4100), (1100, 4096), (17, 262148)]
 OPTIONS = [dict(), dict(label_smoothing=0.1), dict(weight="w"), dict(label_smoothing=0.05, weight="w"),
            dict(probs=True)]
 
@@ -64,11 +65,13 @@ def test_large_fused_gradient_matches_reference_and_is_deterministic(shape, opts
 
 
 # float16 / bfloat16 rows of 16.4 KiB, 18 MiB in all: streamed, the heads and tails aligned
-# for 32-byte half stores. Their results must be the float32 results rounded once.
-HALF_SHAPES = [((1100, 8200), np.float16), ((1100, 8192), "bfloat16")]
+# for 32-byte half stores; and 17 rows of 1 MiB + 16 bytes, streamed in place too. Their
+# results must be the float32 results rounded once.
+HALF_SHAPES = [((1100, 8200), np.float16), ((1100, 8192), "bfloat16"), ((17, 524296), "bfloat16")]
 
 
-@pytest.mark.parametrize("shape,dtype", HALF_SHAPES, ids=["8200-float16", "8192-bfloat16"])
+@pytest.mark.parametrize("shape,dtype", HALF_SHAPES,
+                         ids=["8200-float16", "8192-bfloat16", "524296-bfloat16"])
 @pytest.mark.parametrize("opts", OPTIONS[:3], ids=lambda o: "-".join(o) or "plain")
 def test_large_half_gradient_is_float32_rounded_once(shape, dtype, opts):
     if dtype == "bfloat16":
@@ -121,3 +124,17 @@ def test_unvalidated_out_of_range_targets_give_nan_rows(c, tdtype):
     assert np.isnan(nll[bad]).all() and np.isfinite(nll[good]).all()
     with pytest.raises(IndexError, match="target"):
         fusedce.cross_entropy(x, t, **kw)
+
+
+@pytest.mark.parametrize("shape", [(1100, 4100), (17, 262148)], ids=["4100", "262148"])
+def test_large_softmax_is_the_same_streamed_or_in_place(shape):
+    """softmax's large outputs are streamed too (in place only for rows of 1 MiB or more)."""
+    x, _, _ = _case(shape, {})
+    want = ref.softmax(x)
+    got = fusedce.softmax(x)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-30)
+    buf = np.empty(x.size + 1, np.float32)[1:].reshape(x.shape)  # rows at other alignments
+    assert np.array_equal(fusedce.softmax(x, out=buf), got), "out= at an offset"
+    y = x.copy()
+    assert fusedce.softmax(y, out=y) is y
+    assert np.array_equal(y, got), "in place"

@@ -359,9 +359,8 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
   T* scratch = static_cast<T*>(thread_scratch(2 * static_cast<std::size_t>(C) * sizeof(T)));
   constexpr bool narrower = !std::is_same_v<X, T>;
   const bool two_reads = narrower && !scratch;
-  // In place (dx over the logits), plain stores are faster: each line was just read, so it
-  // is in cache and needs no read before the write; a streaming store would evict it first.
-  const bool stream = scratch && stream_output<X>(dx) && dx.data != logits.data;
+  // Streaming stores for large outputs; in place only for rows too long to stay in cache.
+  const bool stream = scratch && stream_result<X>(logits, dx);
   const bool argmax = stats.argmax != 0;
   const bool one_chunk = chunk_length(C) >= C;  // (PendingGradient::chunk_scale)
   with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {

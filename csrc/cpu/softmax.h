@@ -73,7 +73,7 @@ void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, in
   // Without scratch memory the exps go to y, unless y is too narrow to hold them (half
   // types): then y = exp(x - lse) below, after a first read for lse.
   const bool exps_in_y = !scratch && std::is_same_v<X, T>;
-  const bool stream = scratch && stream_output<X>(y) && y.data != x.data;  // see cross_entropy.h
+  const bool stream = scratch && stream_result<X>(x, y);  // (see rowwise.h)
   for (int64_t r = r0; r < r1; ++r) {
     const X* xr = row_ptr<X>(x, r);
     X* yr = row_ptr<X>(y, r);
