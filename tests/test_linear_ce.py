@@ -448,3 +448,22 @@ def test_without_scipy_the_numpy_products_give_the_same(monkeypatch):
                                                  z_loss=0.01, softcap=5.0)
     for a, e in zip(got, want):
         np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("with_scipy", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_first_chunk_overwrites_grad_weight_whatever_it_held(monkeypatch, with_scipy, dtype):
+    """grad_linear_weight starts as np.empty: the first chunk's product must replace what
+    the memory held (beta = 0 never reads it, NaN included), the later ones add to it."""
+    import fusedce.linear as linear
+    if not with_scipy:
+        monkeypatch.setattr(linear, "_scipy_gemm", lambda dt: None)
+    rng = np.random.default_rng(11)
+    g1, g2 = rng.standard_normal((2, 9, 30)).astype(dtype)
+    x1, x2 = rng.standard_normal((2, 9, 16)).astype(dtype)
+    gemm = linear._Gemm(np, dtype, 30, 16)
+    acc = np.full((30, 16), np.nan, dtype)
+    gemm.add_grad_weight(g1, x1, acc, first=True)
+    np.testing.assert_allclose(acc, g1.T @ x1, rtol=1e-5)
+    gemm.add_grad_weight(g2, x2, acc)
+    np.testing.assert_allclose(acc, g1.T @ x1 + g2.T @ x2, rtol=1e-5, atol=1e-5)
