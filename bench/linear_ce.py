@@ -16,9 +16,10 @@ gradients of x and W:
                  favour: materialising them per call would cost it 500 MiB of fresh pages);
                  gx and gW, returned like every method's gradients, into new arrays per
                  call as the other methods' are: first-touch page faults of fresh memory
-                 are a cost of returning new gradients, not of the fusion (on this VM they
-                 are ~0.3 s of system time for 70 MiB when freed memory went back to the
-                 host), and a floor that skipped them would charge them to the others.
+                 are a cost of returning new gradients, not of the fusion (on this VM up
+                 to 0.56 s of system time for the fused call's 110 MiB when memory freed
+                 earlier had gone back to the host: docs/fusion.md), and a floor that
+                 skipped them would charge them to the others.
   gemms_reuse    the same GEMMs with gx and gW, too, in buffers allocated once: what the
                  floor costs when nothing is allocated per call (the floor's definition
                  before 2026-12-02), for comparison.

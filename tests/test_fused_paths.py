@@ -2,9 +2,9 @@
 while the next row is read (csrc/cpu/cross_entropy.h), the unaligned heads and tails.
 
 They only run for outputs of at least 16 MiB with rows of at least 2 KiB (in place: rows of
-at least 1 MiB), so the parity tests' small shapes never reach them. Checked here: the same values as the reference, and
-bit for bit the same values whatever the thread count, the SIMD alignment of the output, or
-whether the gradient goes to out= or over the logits.
+at least 1 MiB), so the parity tests' small shapes never reach them. Checked here: the same
+values as the reference, and bit for bit the same values whatever the thread count, the SIMD
+alignment of the output, or whether the gradient goes to out= or over the logits.
 """
 
 import numpy as np
