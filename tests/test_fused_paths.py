@@ -1,10 +1,11 @@
 """The CPU kernel's large-output paths: streaming stores, the gradient of one row written
 while the next row is read (csrc/cpu/cross_entropy.h), the unaligned heads and tails.
 
-They only run for outputs of at least 16 MiB with rows of at least 2 KiB (in place: rows of
-at least 1 MiB), so the parity tests' small shapes never reach them. Checked here: the same
+They only run for outputs of at least 16 MiB with rows of at least 512 bytes (in place: rows
+of at least 1 MiB), so the parity tests' small shapes never reach them. Checked here: the same
 values as the reference, and bit for bit the same values whatever the thread count, the SIMD
-alignment of the output, or whether the gradient goes to out= or over the logits.
+alignment of the output, or whether the gradient goes to out= or over the logits. Streamed, a
+row's whole cache lines take streaming stores and the partial lines at its ends plain ones.
 """
 
 import numpy as np
@@ -98,6 +99,37 @@ def test_large_half_gradient_is_float32_rounded_once(shape, dtype, opts):
                 assert np.array_equal(grad.view(np.uint16), want_grad.view(np.uint16)), what
     finally:
         fusedce.set_num_threads(before)
+
+
+# Rows of 601 classes, just over 16 MiB: streamed, each row starting at another offset in its
+# cache line; in place they are not streamed (short rows). float64, float32, bfloat16.
+MEDIUM = [(3500, np.float64), (7000, np.float32), (14000, "bfloat16")]
+
+
+@pytest.mark.parametrize("rows,dtype", MEDIUM, ids=["float64", "float32", "bfloat16"])
+@pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.05, weight="w"), dict(probs=True),
+                                  dict(softcap=20.0, z_loss=1e-4)], ids=["plain", "w-ls", "probs", "cap-z"])
+def test_streamed_partial_lines_match_in_place_at_every_simd_level(simd_level, rows, dtype, opts):
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    x, t, kw = _case((rows, 601), opts)
+    x = x.astype(dtype)
+    if opts.get("probs"):
+        t = t.astype(dtype)
+    if "weight" in kw:
+        kw["weight"] = kw["weight"].astype(np.float64 if dtype == np.float64 else np.float32)
+    scratch = x.copy()
+    want_loss, want = fusedce.cross_entropy_with_grad(scratch, t, reduction="sum", inplace=True, **kw)
+    for offset in (0, 1):  # the array's own alignment, then one element off it
+        buf = np.empty(x.size + offset, x.dtype)[offset:].reshape(x.shape)
+        loss, grad = fusedce.cross_entropy_with_grad(x, t, reduction="sum", out=buf, **kw)
+        assert loss == want_loss, f"{simd_level}, offset {offset}"
+        assert np.array_equal(grad.view(np.uint8), want.view(np.uint8)), f"{simd_level}, offset {offset}"
+    ref_loss, ref_grad = ref.cross_entropy_with_grad(x.astype(np.float64), t.astype(np.float64) if opts.get("probs") else t,
+                                                     reduction="sum", **kw)
+    tol = 2e-5 if dtype in (np.float32, np.float64) else 1e-2  # bfloat16: 8 bits of mantissa
+    np.testing.assert_allclose(loss, ref_loss, rtol=tol)
+    np.testing.assert_allclose(grad.astype(np.float64), ref_grad, rtol=tol, atol=tol * np.abs(ref_grad).max())
 
 
 @pytest.mark.parametrize("c", [10, 48, 96, 97, 300])  # the small-class path up to 96, then rows
