@@ -182,6 +182,7 @@ void cross_entropy_small_block(const CeContext<T, X>& ce, int64_t r, const Rows*
   // their row max.
   V xc[kSmallClasses], e[kSmallClasses];
   load_classes(x, xs, C, xc);
+  if (dx) prefetch_rows_for_write(row_ptr<X>(*dx, r), dx->row_stride, C, W);
   V m = V::set1(neg_inf<T>());
   const T cap = ce.cap;
   for (int64_t c = 0; c < C; ++c) {

@@ -57,6 +57,15 @@ struct V32 {
   void stream(X* p) const {
     _mm_stream_si128(reinterpret_cast<__m128i*>(p), bits(p));
   }
+  // Two vectors side by side at p, streamed (for half types as one 32-byte store).
+  static void stream2(float* p, V32 a, V32 b) {
+    a.stream(p);
+    b.stream(p + 8);
+  }
+  template <class X>
+  static void stream2(X* p, V32 a, V32 b) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), _mm256_set_m128i(b.bits(p), a.bits(p)));
+  }
 
   // The first n <= 8 lanes from / to p (the rest loaded as 0, not stored), touching no memory
   // outside them: masked moves for floats; 16-bit lanes (no masked move) through a buffer.
@@ -156,6 +165,10 @@ struct V64 {
   void store(double* p) const { _mm256_storeu_pd(p, v); }
   void stream(double* p) const { _mm256_stream_pd(p, v); }
   static void fence() { _mm_sfence(); }
+  static void stream2(double* p, V64 a, V64 b) {
+    a.stream(p);
+    b.stream(p + 4);
+  }
   static V64 set1(double x) { return {_mm256_set1_pd(x)}; }
   static V64 from_indices(const int32_t* p) {
     return {_mm256_cvtepi32_pd(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};

@@ -55,6 +55,17 @@ struct V32 {
   void stream(X* p) const {
     _mm256_stream_si256(reinterpret_cast<__m256i*>(p), bits(p));
   }
+  // Two vectors side by side at p, streamed: for half types one 64-byte store of the line
+  // (two 32-byte streaming stores apart in time may leave the line to be written in halves).
+  static void stream2(float* p, V32 a, V32 b) {
+    a.stream(p);
+    b.stream(p + 16);
+  }
+  template <class X>
+  static void stream2(X* p, V32 a, V32 b) {
+    const __m512i line = _mm512_inserti64x4(_mm512_castsi256_si512(a.bits(p)), b.bits(p), 1);
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), line);
+  }
 
   // The first n <= 16 lanes from / to p (the rest loaded as 0, not stored): masked loads and
   // stores, which touch no memory outside those lanes (a row's end, the array's end).
@@ -138,6 +149,10 @@ struct V64 {
   void store(double* p) const { _mm512_storeu_pd(p, v); }
   void stream(double* p) const { _mm512_stream_pd(p, v); }
   static void fence() { _mm_sfence(); }
+  static void stream2(double* p, V64 a, V64 b) {
+    a.stream(p);
+    b.stream(p + 8);
+  }
   static V64 set1(double x) { return {_mm512_set1_pd(x)}; }
   static V64 from_indices(const int32_t* p) {
     return {_mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};

@@ -16,6 +16,12 @@ struct ScalarVec {
   // to the vector's size for the SIMD versions.
   void stream(T* p) const { *p = v; }
   static void fence() {}
+  // Two vectors side by side at p, streamed (see finish_line in rowwise.h).
+  template <class X>
+  static void stream2(X* p, ScalarVec a, ScalarVec b) {
+    a.stream(p);
+    b.stream(p + 1);
+  }
   // Other storage (float16 and bfloat16, half.h): widened on load, rounded once on store.
   template <class X>
   static ScalarVec load(const X* p) {
