@@ -369,8 +369,13 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
     constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;
     constexpr bool Cap = decltype(has_cap)::value;
     T chunk_max[2][kMaxChunks];
-    int cur = 0;  // which scratch row and chunk_max the current row uses
-    PendingGradient<T, X> pending;
+    int cur = 0;  // which scratch row, chunk_max and grads the current row uses
+    // Each row's PendingGradient is filled in place, field by field, and never copied whole:
+    // a copy of a struct whose fields were just stored reads them back in wider pieces than
+    // they were written, and waits for those stores (store-to-load forwarding fails). On AMD
+    // Zen 5 those waits were a fifth of 65536x128's time.
+    PendingGradient<T, X> grads[2];
+    const PendingGradient<T, X>* pending = nullptr;  // the row whose gradient is still to write
     bool have_pending = false;
     // Without a softcap or a z-loss, a row of one chunk swept into scratch needs no lse for
     // its gradient (its exps are scaled by 1 / sum): its lse is taken with others' (LseBlock)
@@ -385,7 +390,6 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         continue;
       }
       RowSummary<T> s;
-      ClassCoefficients<T, X> k = row.k;
       if (stats.lse_is_input || two_reads) {
         if constexpr (narrower) {
           if (two_reads) {
@@ -402,6 +406,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
           if (row.dot && (stats.loss || ce.probs))
             weighted_sums<V, HasQ, HasW>(row.x, C, row.k, s.dot, s.usum);
         }
+        ClassCoefficients<T, X> k = row.k;
         const T A = ce.gradient_terms(row, s, k);
         gradient_from_lse<V, HasQ, HasW, Cap>(row.x, row.d, C, s.lse, A, k, ce.cap, row.t, ce.one_hot(row));
       } else {
@@ -414,16 +419,23 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         with_flags(have_pending, row.dot, [&](auto carry, auto dot) {
           constexpr bool Carry = decltype(carry)::value, Dot = decltype(dot)::value;
           s = summarise_row<V, true, Dot, HasQ, HasW, Carry, Cap>(
-              row.x, C, row.k, e, chunk_max[cur], argmax, Carry ? &pending : nullptr, ce.cap,
+              row.x, C, row.k, e, chunk_max[cur], argmax, Carry ? pending : nullptr, ce.cap,
               !defer_lse);
         });
         have_pending = false;
-        const T A = ce.gradient_terms(row, s, k);
-        PendingGradient<T, X> grad{row.d, e,   chunk_max[cur], s.lse,  A,
-                                   k,     row.t, ce.one_hot(row), Cap ? T(1) / ce.cap : T(0)};
-        if (one_chunk) grad.inv_sum = T(1) / s.sum;
+        PendingGradient<T, X>& grad = grads[cur];
+        grad.k = row.k;  // (row's fields were stored before the sweep: long done)
+        grad.scale = ce.gradient_terms(row, s, grad.k);
+        grad.d = row.d;
+        grad.e = e;
+        grad.chunk_max = chunk_max[cur];
+        grad.lse = s.lse;
+        grad.hot = row.t;
+        grad.hot_value = ce.one_hot(row);
+        grad.inv_cap = Cap ? T(1) / ce.cap : T(0);
+        grad.inv_sum = one_chunk ? T(1) / s.sum : T(0);
         if (stream && !row.ignored()) {
-          pending = grad;
+          pending = &grad;
           have_pending = true;
           cur ^= 1;
         } else if (stream) {
@@ -437,7 +449,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
       else ce.write_stats(r, row, s);
     }
     block.flush(ce);
-    if (have_pending) finish_from_exps<V, HasQ, HasW, true, Cap>(pending, C);
+    if (have_pending) finish_from_exps<V, HasQ, HasW, true, Cap>(*pending, C);
    });
   });
   V::fence();  // order the streaming stores before the caller sees the result

@@ -19,6 +19,7 @@
 #pragma once
 #include <math.h>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -253,6 +254,18 @@ inline V through_cap(V d, V capped, T inv_cap) {
   return d * V::fma(t, V::set1(T(0)) - t, V::set1(T(1)));
 }
 
+// The first n values of `from` to `to` (n < 2 kLineElems<X>), in pieces of powers of two:
+// each a single load and store of fixed size, where a loop would take one per value.
+template <class X>
+inline void copy_lanes(X* to, const X* from, int n) {
+  int i = 0;
+  for (int piece = static_cast<int>(kLineElems<X>); piece >= 1; piece /= 2)
+    if (n & piece) {
+      std::memcpy(to + i, from + i, static_cast<std::size_t>(piece) * sizeof(X));
+      i += piece;
+    }
+}
+
 // One vector of the gradient: p_c = e_c s (or exp(x'_c - lse) when Cap, where e holds the
 // capped logits x'), times the row's factor, less the subtracted terms. With Partial, only
 // classes [c, c + n) are read and written, each lane computed as in a full vector.
@@ -282,7 +295,7 @@ inline void finish_vector(const PendingGradient<T, X>& p, int64_t c, V s, int n 
     // 65536x128 float32 out= took 4x as long with them)
     alignas(64) X lanes[V::width];
     v.store(lanes);
-    for (int i = 0; i < n; ++i) p.d[c + i] = lanes[i];
+    copy_lanes(p.d + c, lanes, n);
   } else if constexpr (Stream) {
     v.stream(p.d + c);
   } else {
