@@ -929,7 +929,7 @@ def main(argv=None):
                         "(and PyTorch computing the same loss)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="dtype of the logits (default float32; bfloat16 needs ml_dtypes)")
-    p.add_argument("--simd", help="fusedce.set_simd_level(SIMD) first (avx512, avx2, portable)")
+    p.add_argument("--simd", help="fusedce.set_simd_level(SIMD) first (avx512_bf16, avx512, avx2, portable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="FILE.md", help="also write the tables to this file")
     p.add_argument("--json", metavar="FILE", help="write raw numbers (every repetition) here")

@@ -45,6 +45,7 @@ struct KernelTable {
 const KernelTable& portable_kernels();
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();
+const KernelTable& avx512_bf16_kernels();
 
 // The table in use, and the choice of it (dispatch.cpp).
 const KernelTable& active_kernels();

@@ -30,9 +30,12 @@ struct V32 {
   }
 
   // float16 and bfloat16 storage (half.h): 16 values in 32 bytes, widened on load, rounded
-  // to nearest even on store. bfloat16 is rounded with integer arithmetic rather than
-  // AVX512-BF16's VCVTNEPS2BF16, which flushes subnormals to zero: every instruction set then
-  // stores the same bits, those of the portable path, of CUDA and of PyTorch.
+  // to nearest even on store. bfloat16 is rounded with integer arithmetic, which gives the
+  // bits of the portable path, of CUDA and of PyTorch. Compiled with AVX512-BF16 (the
+  // avx512_bf16 level, isa_avx512_bf16.cpp) it is rounded by VCVTNEPS2BF16 instead, one
+  // instruction for the nine below: it rounds to nearest even and keeps NaNs quiet in the
+  // same way, but flushes subnormal inputs to zero, so a vector holding one takes the
+  // integer code (such gradients are below 1.2e-38: rare).
   static V32 from_bits(__m256i h, const Half*) { return {_mm512_cvtph_ps(h)}; }
   static V32 from_bits(__m256i h, const BFloat16*) {
     return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
@@ -40,7 +43,15 @@ struct V32 {
   static V32 load(const Half* p) { return from_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), p); }
   static V32 load(const BFloat16* p) { return from_bits(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), p); }
   __m256i bits(Half*) const { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  __m256i bits(BFloat16*) const {
+  __m256i bits(BFloat16* p) const {
+#if defined(__AVX512BF16__)
+    constexpr int kSubnormal = 0x20;  // VFPCLASSPS category
+    if (__builtin_expect(_mm512_fpclass_ps_mask(v, kSubnormal) == 0, 1))
+      return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+#endif
+    return bits_by_integers(p);
+  }
+  __m256i bits_by_integers(BFloat16*) const {
     const __m512i x = _mm512_castps_si512(v), high = _mm512_srli_epi32(x, 16);
     const __m512i bias = _mm512_add_epi32(_mm512_and_si512(high, _mm512_set1_epi32(1)), _mm512_set1_epi32(0x7fff));
     const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(x, bias), 16);
