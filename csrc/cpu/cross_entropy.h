@@ -415,12 +415,15 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         T* e;
         if constexpr (narrower) e = scratch + cur * C;
         else e = scratch ? scratch + cur * C : row.d;
-        // this row's sweep 1 carries the pending row's sweep 2 when there is one
+        // this row's sweep 1 carries the pending row's sweep 2 when there is one, streamed
+        // or not as the output is
         with_flags(have_pending, row.dot, [&](auto carry, auto dot) {
           constexpr bool Carry = decltype(carry)::value, Dot = decltype(dot)::value;
-          s = summarise_row<V, true, Dot, HasQ, HasW, Carry, Cap>(
-              row.x, C, row.k, e, chunk_max[cur], argmax, Carry ? pending : nullptr, ce.cap,
-              !defer_lse);
+          with_flag(stream, [&](auto streamed) {
+            s = summarise_row<V, true, Dot, HasQ, HasW, Carry, Cap, decltype(streamed)::value>(
+                row.x, C, row.k, e, chunk_max[cur], argmax, Carry ? pending : nullptr, ce.cap,
+                !defer_lse);
+          });
         });
         have_pending = false;
         PendingGradient<T, X>& grad = grads[cur];
@@ -434,7 +437,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         grad.hot_value = ce.one_hot(row);
         grad.inv_cap = Cap ? T(1) / ce.cap : T(0);
         grad.inv_sum = one_chunk ? T(1) / s.sum : T(0);
-        if (stream && !row.ignored()) {
+        if (scratch && !row.ignored()) {  // (the exps must be apart from the gradient row)
           pending = &grad;
           have_pending = true;
           cur ^= 1;
@@ -449,7 +452,8 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
       else ce.write_stats(r, row, s);
     }
     block.flush(ce);
-    if (have_pending) finish_from_exps<V, HasQ, HasW, true, Cap>(*pending, C);
+    if (have_pending && stream) finish_from_exps<V, HasQ, HasW, true, Cap>(*pending, C);
+    else if (have_pending) finish_from_exps<V, HasQ, HasW, false, Cap>(*pending, C);
    });
   });
   V::fence();  // order the streaming stores before the caller sees the result

@@ -374,11 +374,12 @@ void finish_range(const PendingGradient<T, X>& p, int64_t begin, int64_t end, T 
 // own, and the hardware prefetcher alone runs only a little ahead of the demand).
 // With Carry, the same chunk of the pending row `p` (chunk offset c0, factor ps) gets its
 // gradient written in the same loop: its streaming stores then drain while this loop
-// computes, instead of stalling a sweep of their own. The loop streams the chunk's whole
-// lines; its partial lines are finished after the loop the way finish_range does them, so
-// every element is computed the same way on either path.
-template <class V, bool Store, bool Carry, bool HasQ, bool HasW, bool Cap, class Src, class X,
-          class T = typename V::T>
+// computes, instead of stalling a sweep of their own. Streamed (CarryStream), the loop writes
+// the chunk's whole lines and its partial lines are finished after the loop; otherwise (in
+// place, where the row's lines are still in cache) it writes plain vectors. Either way as
+// finish_range does, so every element is computed the same way on every path.
+template <class V, bool Store, bool Carry, bool HasQ, bool HasW, bool Cap, bool CarryStream, class Src,
+          class X, class T = typename V::T>
 T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
           const PendingGradient<T, X>* p, int64_t c0, T ps) {
   using S = typename V::Scalar;
@@ -386,8 +387,9 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
   const V vm = V::set1(m), vps = V::set1(ps);
   constexpr int64_t kCarriedLines = 2 * W >= kLineElems<X> ? 2 * W / kLineElems<X> : 1;
   // the carried chunk's whole lines [lines.first, carried) are done
-  const WholeLines<X> lines = Carry && n >= W ? WholeLines<X>(p->d, c0, c0 + n) : WholeLines<X>();
-  int64_t carried = lines.first;
+  constexpr bool streamed = Carry && CarryStream;
+  const WholeLines<X> lines = streamed && n >= W ? WholeLines<X>(p->d, c0, c0 + n) : WholeLines<X>();
+  int64_t carried = streamed ? lines.first : c0;
   V s0 = V::set1(0), s1 = s0;
   int64_t i = 0;
   for (; i + 2 * W <= n; i += 2 * W) {
@@ -401,9 +403,15 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
       e0.store(e + i);
       e1.store(e + i + W);
     }
-    if constexpr (Carry) {  // as many lines as this step's classes fill, at least one
-      for (int64_t k = 0; k < kCarriedLines && carried < lines.last; ++k, carried += kLineElems<X>)
-        finish_line<V, HasQ, HasW, Cap>(*p, carried, vps);
+    if constexpr (Carry) {
+      if constexpr (streamed) {  // as many lines as this step's classes fill, at least one
+        for (int64_t k = 0; k < kCarriedLines && carried < lines.last; ++k, carried += kLineElems<X>)
+          finish_line<V, HasQ, HasW, Cap>(*p, carried, vps);
+      } else if (carried + 2 * W <= c0 + n) {
+        finish_vector<V, HasQ, HasW, false, Cap>(*p, carried, vps);
+        finish_vector<V, HasQ, HasW, false, Cap>(*p, carried + W, vps);
+        carried += 2 * W;
+      }
     }
     s0 = s0 + e0;
     s1 = s1 + e1;
@@ -420,10 +428,13 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
     s += ei;
   }
   if constexpr (Carry) {  // what the loop left of the pending chunk, as finish_range does it
-    if (n >= W) {
+    if (n >= W && CarryStream) {
       finish_partial_lines<V, HasQ, HasW, Cap>(*p, c0, lines.first, vps);
       for (; carried < lines.last; carried += kLineElems<X>) finish_line<V, HasQ, HasW, Cap>(*p, carried, vps);
       finish_partial_lines<V, HasQ, HasW, Cap>(*p, lines.last, c0 + n, vps);
+    } else if (n >= W) {
+      for (; carried + W <= c0 + n; carried += W) finish_vector<V, HasQ, HasW, false, Cap>(*p, carried, vps);
+      if (carried < c0 + n) finish_vector<V, HasQ, HasW, false, Cap>(*p, c0 + n - W, vps);
     } else {
       for (int64_t j = c0; j < c0 + n; ++j) finish_scalar<V, HasQ, HasW, Cap>(*p, j, ps);
     }
@@ -460,7 +471,7 @@ void cap_logits(const X* x, int64_t n, T softcap, T* out) {
 // into e first (with Store, e is a row and keeps the capped row; without, e is a buffer of
 // kChunk values reused by every chunk), and argmax is that of x as given.
 template <class V, bool Store, bool Dot, bool HasQ, bool HasW, bool Carry = false, bool Cap = false,
-          class X, class T = typename V::T>
+          bool CarryStream = true, class X, class T = typename V::T>
 RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T, NoDeduce<X>>& k,
                             NoDeduce<T>* e, NoDeduce<T>* chunk_max, bool want_argmax = false,
                             const PendingGradient<NoDeduce<T>, NoDeduce<X>>* pending = nullptr,
@@ -503,9 +514,9 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
     constexpr bool StoreExps = Store && !Cap;
     if (s.max == neg_inf<T>()) {  // every value so far is -inf: each contributes exp(-inf) = 0
       if constexpr (StoreExps) fill(e + c0, n, T(0));
-      if constexpr (Carry) finish_range<V, HasQ, HasW, true, Cap>(*pending, c0, c0 + n, ps);
+      if constexpr (Carry) finish_range<V, HasQ, HasW, CarryStream, Cap>(*pending, c0, c0 + n, ps);
     } else {
-      s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap>(src, n, s.max, e + (StoreExps ? c0 : 0),
+      s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap, CarryStream>(src, n, s.max, e + (StoreExps ? c0 : 0),
                                                              x + c0 + len, pending, c0, ps);
     }
     if constexpr (Store) chunk_max[chunk] = s.max;
