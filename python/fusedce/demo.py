@@ -252,6 +252,13 @@ def logistic_regression(seed=0, max_iter=1000):
     }
 
 
+def _three_digits(seconds):
+    # three significant digits, never rounded to 0 nor in e-notation: a short run of the
+    # fused kernels can take a few milliseconds
+    return np.format_float_positional(seconds, precision=3, unique=False, fractional=False,
+                                      trim="-")
+
+
 def main(argv=None):
     """Command-line entry point: ``python -m fusedce.demo [--epochs N] ...``.
 
@@ -295,10 +302,10 @@ def main(argv=None):
     width = max(len(name) for name, _, _ in rows)
     print(f"test accuracy on the {n_test} held-out digits, for the same L2-regularised "
           "objective:")
-    print(f"  {'':{width}s}  {'test':>7s}  {'train':>7s}  {'time':>7s}")
+    print(f"  {'':{width}s}  {'test':>7s}  {'train':>7s}  {'time':>9s}")
     for name, r, sec in rows:
         print(f"  {name:{width}s}  {100 * r['test_accuracy']:6.2f}%  "
-              f"{100 * r['train_accuracy']:6.2f}%  {sec:5.2f} s")
+              f"{100 * r['train_accuracy']:6.2f}%  {_three_digits(sec):>7s} s")
     print(f"  (fusedce's time: its whole training loop, in Python; its test loss: "
           f"{m['test_loss']:.4f})")
     if m["calls"]:
