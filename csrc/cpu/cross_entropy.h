@@ -437,13 +437,13 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         grad.hot_value = ce.one_hot(row);
         grad.inv_cap = Cap ? T(1) / ce.cap : T(0);
         grad.inv_sum = one_chunk ? T(1) / s.sum : T(0);
-        if (scratch && !row.ignored()) {  // (the exps must be apart from the gradient row)
+        if (row.ignored()) {
+          // its gradient is the zeros written below
+        } else if (scratch) {  // (the exps must be apart from the gradient row)
           pending = &grad;
           have_pending = true;
           cur ^= 1;
-        } else if (stream) {
-          finish_from_exps<V, HasQ, HasW, true, Cap>(grad, C, r + 1 < r1 ? row.x + logits.row_stride : nullptr);
-        } else {
+        } else {  // (without scratch nothing is streamed)
           finish_from_exps<V, HasQ, HasW, false, Cap>(grad, C);
         }
       }
@@ -452,8 +452,10 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
       else ce.write_stats(r, row, s);
     }
     block.flush(ce);
-    if (have_pending && stream) finish_from_exps<V, HasQ, HasW, true, Cap>(*pending, C);
-    else if (have_pending) finish_from_exps<V, HasQ, HasW, false, Cap>(*pending, C);
+    if (have_pending)
+      with_flag(stream, [&](auto streamed) {
+        finish_from_exps<V, HasQ, HasW, decltype(streamed)::value, Cap>(*pending, C);
+      });
    });
   });
   V::fence();  // order the streaming stores before the caller sees the result

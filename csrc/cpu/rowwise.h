@@ -340,6 +340,24 @@ inline void finish_scalar(const PendingGradient<T, X>& p, int64_t c, T s) {
   p.d[c] = narrow<X>(v);
 }
 
+// What finish_range writes of [begin, end) (at least a vector wide) once its first part is
+// done: streamed, the whole lines before `done` (from lines.first on); otherwise the vectors
+// before `done` (from begin on). A sweep that carries a row's gradient (sum_exp) ends with
+// this too, so every element is computed the same way on either path.
+template <class V, bool HasQ, bool HasW, bool Stream, bool Cap, class T, class X>
+void finish_rest(const PendingGradient<T, X>& p, int64_t begin, int64_t end, const WholeLines<X>& lines,
+                 int64_t done, V s) {
+  constexpr int W = V::width;
+  if constexpr (Stream) {
+    finish_partial_lines<V, HasQ, HasW, Cap>(p, begin, lines.first, s);
+    for (; done < lines.last; done += kLineElems<X>) finish_line<V, HasQ, HasW, Cap>(p, done, s);
+    finish_partial_lines<V, HasQ, HasW, Cap>(p, lines.last, end, s);
+  } else {
+    for (; done + W <= end; done += W) finish_vector<V, HasQ, HasW, false, Cap>(p, done, s);
+    if (done < end) finish_vector<V, HasQ, HasW, false, Cap>(p, end - W, s);
+  }
+}
+
 // Every class of a range at least a vector wide is computed by the vector code, wherever
 // the row lies in memory. Streamed, the partial lines at both ends are written by partial
 // vectors (see WholeLines); otherwise a short tail is done as one vector overlapping the
@@ -353,16 +371,8 @@ void finish_range(const PendingGradient<T, X>& p, int64_t begin, int64_t end, T 
   const V vs = V::set1(s);
   int64_t c = begin;
   if (end - begin >= W && static_cast<const void*>(p.e) != static_cast<const void*>(p.d)) {
-    if constexpr (Stream) {
-      const WholeLines<X> lines(p.d, begin, end);
-      finish_partial_lines<V, HasQ, HasW, Cap>(p, begin, lines.first, vs);
-      for (c = lines.first; c < lines.last; c += kLineElems<X>) finish_line<V, HasQ, HasW, Cap>(p, c, vs);
-      finish_partial_lines<V, HasQ, HasW, Cap>(p, lines.last, end, vs);
-      return;
-    }
-    for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, false, Cap>(p, c, vs);
-    if (c < end) finish_vector<V, HasQ, HasW, false, Cap>(p, end - W, vs);
-    return;
+    const WholeLines<X> lines = Stream ? WholeLines<X>(p.d, begin, end) : WholeLines<X>();
+    return finish_rest<V, HasQ, HasW, Stream, Cap>(p, begin, end, lines, Stream ? lines.first : begin, vs);
   }
   for (; c + W <= end; c += W) finish_vector<V, HasQ, HasW, false, Cap>(p, c, vs);
   for (; c < end; ++c) finish_scalar<V, HasQ, HasW, Cap>(p, c, s);
@@ -428,13 +438,8 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
     s += ei;
   }
   if constexpr (Carry) {  // what the loop left of the pending chunk, as finish_range does it
-    if (n >= W && CarryStream) {
-      finish_partial_lines<V, HasQ, HasW, Cap>(*p, c0, lines.first, vps);
-      for (; carried < lines.last; carried += kLineElems<X>) finish_line<V, HasQ, HasW, Cap>(*p, carried, vps);
-      finish_partial_lines<V, HasQ, HasW, Cap>(*p, lines.last, c0 + n, vps);
-    } else if (n >= W) {
-      for (; carried + W <= c0 + n; carried += W) finish_vector<V, HasQ, HasW, false, Cap>(*p, carried, vps);
-      if (carried < c0 + n) finish_vector<V, HasQ, HasW, false, Cap>(*p, c0 + n - W, vps);
+    if (n >= W) {
+      finish_rest<V, HasQ, HasW, CarryStream, Cap>(*p, c0, c0 + n, lines, carried, vps);
     } else {
       for (int64_t j = c0; j < c0 + n; ++j) finish_scalar<V, HasQ, HasW, Cap>(*p, j, ps);
     }
