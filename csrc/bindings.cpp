@@ -13,6 +13,7 @@
 #include "core/op_list.h"
 #include "core/ops.h"
 #include "cpu/kernel_table.h"
+#include "cpu/streaming.h"
 #include "cpu/thread_pool.h"
 
 namespace py = pybind11;
@@ -138,6 +139,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("num_threads", &cpu::num_threads);
   m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); });
   m.def("default_num_threads", &cpu::default_num_threads);
+  m.def("streaming_threshold_bytes", &cpu::streaming_threshold_bytes,
+        "Outputs of at least this many bytes are written with streaming stores (CPU)");
+  m.def("default_streaming_threshold_bytes", &cpu::default_streaming_threshold_bytes);
+  m.def("set_streaming_threshold_bytes", [](int64_t bytes) {
+    if (bytes < 0) throw py::value_error("set_streaming_threshold_bytes: bytes must be >= 0 (0: the default)");
+    cpu::set_streaming_threshold_bytes(bytes);
+  }, "Set the streaming threshold (tests, benchmarks); 0 restores the default");
   m.def("cuda_available", &cuda::available);
   m.def("cuda_device_count", &cuda::device_count);
   m.def("cuda_build_info", [] { return std::string(cuda::build_info()); });

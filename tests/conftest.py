@@ -138,3 +138,22 @@ def simd_level(request):
         yield request.param
     finally:
         fusedce.set_simd_level(previous)
+
+
+# Outputs of at least 16 MiB are streamed in every test, whatever this machine's last-level
+# cache (the default threshold is its size, at least 16 MiB: csrc/cpu/streaming.h), so that
+# the tests of the streamed paths (test_fused_paths.py) reach them on every machine.
+TEST_STREAMING_BYTES = 16 << 20
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _streaming_threshold():
+    core = getattr(fusedce, "_core", None) if fusedce is not None else None
+    if core is None or not hasattr(core, "set_streaming_threshold_bytes"):
+        yield
+        return
+    core.set_streaming_threshold_bytes(TEST_STREAMING_BYTES)
+    try:
+        yield
+    finally:
+        core.set_streaming_threshold_bytes(0)

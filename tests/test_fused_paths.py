@@ -1,18 +1,22 @@
 """The CPU kernel's large-output paths: streaming stores, the gradient of one row written
 while the next row is read (csrc/cpu/cross_entropy.h), the unaligned heads and tails.
 
-They only run for outputs of at least 16 MiB with rows of at least 512 bytes (in place: rows
-of at least 1 MiB), so the parity tests' small shapes never reach them. Checked here: the same
+They only run for outputs of at least the streaming threshold (by default the last-level
+cache, at least 16 MiB; conftest.py sets 16 MiB for every test) with rows of at least 512 bytes
+(in place: rows of at least 1 MiB), so the parity tests' small shapes never reach them. Checked here: the same
 values as the reference, and bit for bit the same values whatever the thread count, the SIMD
 alignment of the output, or whether the gradient goes to out= or over the logits. Streamed, a
 row's whole cache lines take streaming stores and the partial lines at its ends plain ones.
 """
+
+import os
 
 import numpy as np
 import pytest
 
 import fusedce
 import fusedce.reference as ref
+from conftest import TEST_STREAMING_BYTES, need
 
 # 1100 x 4100 float32 = 17.2 MiB with 16.4 KiB rows: streamed. 4100 is not a multiple of a
 # vector, so rows start at every alignment; 4096 columns keep every row aligned (pipelined).
@@ -170,3 +174,64 @@ def test_large_softmax_is_the_same_streamed_or_in_place(shape):
     y = x.copy()
     assert fusedce.softmax(y, out=y) is y
     assert np.array_equal(y, got), "in place"
+
+
+def _llc_bytes():
+    """The last-level cache as the C library or Linux reports it (0 where neither does)."""
+    try:
+        size = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+        if size > 0:
+            return size
+    except (ValueError, OSError, AttributeError):
+        pass
+    largest = 0
+    for index in range(8):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            break
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KkMm")
+        if digits.isdigit():
+            largest = max(largest, int(digits) * scale)
+    return largest
+
+
+def test_streaming_threshold_is_the_last_level_cache_and_can_be_set():
+    core = fusedce._core
+    assert core.default_streaming_threshold_bytes() == max(16 << 20, _llc_bytes())
+    assert core.streaming_threshold_bytes() == TEST_STREAMING_BYTES  # (conftest.py)
+    try:
+        core.set_streaming_threshold_bytes(12345)
+        assert core.streaming_threshold_bytes() == 12345
+        core.set_streaming_threshold_bytes(0)
+        assert core.streaming_threshold_bytes() == core.default_streaming_threshold_bytes()
+        with pytest.raises(ValueError, match="bytes"):
+            core.set_streaming_threshold_bytes(-1)
+    finally:
+        core.set_streaming_threshold_bytes(TEST_STREAMING_BYTES)
+    assert "streaming:" in fusedce.show_config(print_it=False)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_same_bits_streamed_or_not(dtype):
+    """The threshold only chooses the stores: out= below and above it gives the same bits."""
+    x, t, kw = _case((1100, 4100), dict(label_smoothing=0.1))
+    if dtype == "bfloat16":
+        x = x.astype(need("ml_dtypes").bfloat16)
+    results = []
+    try:
+        for threshold in (1 << 50, TEST_STREAMING_BYTES):  # not streamed, then streamed
+            fusedce._core.set_streaming_threshold_bytes(threshold)
+            out = np.full_like(x, np.nan)
+            loss, _ = fusedce.cross_entropy_with_grad(x, t, out=out, reduction="sum", **kw)
+            results.append((np.asarray(loss), out))
+    finally:
+        fusedce._core.set_streaming_threshold_bytes(TEST_STREAMING_BYTES)
+    (loss0, g0), (loss1, g1) = results
+    assert loss0.tobytes() == loss1.tobytes()
+    assert g0.view(np.uint8).tobytes() == g1.view(np.uint8).tobytes()
+    g_ref = ref.cross_entropy_with_grad(x.astype(np.float64), t, reduction="sum", **kw)[1]
+    rtol = 2.0**-8 if dtype == "bfloat16" else 1e-5  # (bfloat16: the gradient rounded once)
+    np.testing.assert_allclose(g0.astype(np.float64), g_ref, rtol=rtol, atol=1e-6)

@@ -25,6 +25,7 @@
 
 #include "core/types.h"
 #include "cpu/half.h"
+#include "cpu/streaming.h"
 #include "cpu/thread_pool.h"
 #include "cpu/vmath.h"
 
@@ -557,17 +558,17 @@ void lse_of_rows(const T* max, const T* sum, int n, T* lse) {
 
 // Large outputs are written with streaming (non-temporal) stores: they will not be read
 // again soon, and a streaming store skips reading each line before writing it, which would
-// otherwise add a third of a copy's memory traffic. Only the whole lines of a row are
-// streamed (WholeLines), so rows of a few lines gain little: from 512 bytes (8 lines) on.
-// On AMD Zen 5, out= with float32, one thread, against a copy: 65536x256 3.6x -> 2.1x,
-// 32768x600 1.9x -> 1.35x (that one was streamed before, but vector by vector: 2.9x).
-constexpr int64_t kStreamBytes = int64_t(16) << 20;
+// otherwise add a third of a copy's memory traffic. "Large" is at least the last-level
+// cache (streaming.h). Only the whole lines of a row are streamed (WholeLines), so rows of
+// a few lines gain little: from 512 bytes (8 lines) on. On AMD Zen 5, out= with float32,
+// one thread, against a copy: 65536x256 3.6x -> 2.1x, 32768x600 1.9x -> 1.35x (that one
+// was streamed before, but vector by vector: 2.9x).
 constexpr int64_t kStreamRowBytes = 512;
 
 template <class X>
 inline bool stream_output(const Rows& out) {
   const int64_t row_bytes = out.cols * static_cast<int64_t>(sizeof(X));
-  return row_bytes >= kStreamRowBytes && out.rows * row_bytes >= kStreamBytes;
+  return row_bytes >= kStreamRowBytes && out.rows * row_bytes >= streaming_threshold_bytes();
 }
 
 // In place (out over in), plain stores are usually the faster: each line was just read, so it

@@ -1,0 +1,66 @@
+// The streaming-store threshold (streaming.h): the last-level cache's size, read once.
+#include "cpu/streaming.h"
+
+#if __has_include(<unistd.h>)
+#include <unistd.h>
+#endif
+
+#include <atomic>
+#include <cstdio>
+
+namespace fusedce::cpu {
+namespace {
+
+constexpr int64_t kMinimum = int64_t(16) << 20;
+
+// The largest unified cache of CPU 0 that Linux lists (bytes), or 0.
+int64_t largest_listed_cache() {
+  int64_t largest = 0;
+  for (int index = 0; index < 8; ++index) {
+    char path[96];
+    std::snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", index);
+    std::FILE* f = std::fopen(path, "r");
+    if (!f) break;
+    long long size = 0;
+    char unit = 0;
+    const int read = std::fscanf(f, "%lld%c", &size, &unit);
+    std::fclose(f);
+    if (read < 1 || size <= 0) continue;
+    if (read == 2 && (unit == 'K' || unit == 'k')) size <<= 10;
+    if (read == 2 && (unit == 'M' || unit == 'm')) size <<= 20;
+    if (size > largest) largest = size;
+  }
+  return largest;
+}
+
+int64_t last_level_cache_bytes() {
+  long size = -1;
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+  size = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+  if (size > 0) return size;
+  return largest_listed_cache();
+}
+
+std::atomic<int64_t>& chosen() {
+  static std::atomic<int64_t> bytes{default_streaming_threshold_bytes()};
+  return bytes;
+}
+
+}  // namespace
+
+int64_t default_streaming_threshold_bytes() {
+  static const int64_t bytes = [] {
+    const int64_t llc = last_level_cache_bytes();
+    return llc > kMinimum ? llc : kMinimum;
+  }();
+  return bytes;
+}
+
+int64_t streaming_threshold_bytes() { return chosen().load(std::memory_order_relaxed); }
+
+void set_streaming_threshold_bytes(int64_t bytes) {
+  chosen().store(bytes > 0 ? bytes : default_streaming_threshold_bytes(), std::memory_order_relaxed);
+}
+
+}  // namespace fusedce::cpu
