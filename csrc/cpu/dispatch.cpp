@@ -25,8 +25,13 @@ bool has_avx512() {
   return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
 }
+#if defined(FUSEDCE_AVX512_BF16)  // (CMake leaves the level out when the compiler lacks it)
 bool has_avx512_bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
-const Level kLevels[] = {{"avx512_bf16", avx512_bf16_kernels, has_avx512_bf16},
+#endif
+const Level kLevels[] = {
+#if defined(FUSEDCE_AVX512_BF16)
+                         {"avx512_bf16", avx512_bf16_kernels, has_avx512_bf16},
+#endif
                          {"avx512", avx512_kernels, has_avx512},
                          {"avx2", avx2_kernels, has_avx2},
                          {"portable", portable_kernels, always}};
