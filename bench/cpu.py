@@ -627,8 +627,9 @@ def render(results, threads_list, meta, has_torch, has_ref, cache_bytes, noisy=(
         f"fusedce {meta['fusedce']} (SIMD {meta['simd']}), numpy {meta['numpy']}"
         + (f", torch {meta['torch']}" if has_torch else f", torch {meta['torch'] or 'absent'}"))
     if meta.get("streaming_mib") is not None:
-        add(f"- outputs of at least {meta['streaming_mib']:.0f} MiB are written with streaming stores "
-            "(by default the last-level cache, at least 16 MiB; --stream-mib)")
+        long_rows, short_rows = meta["streaming_mib"]
+        add(f"- outputs are written with streaming stores from {long_rows:.0f} MiB with rows of 4 KiB "
+            f"or more, from {short_rows:.0f} MiB with shorter rows (--stream-mib sets both)")
     add(f"- {meta['dtype']} logits N x C (normal * 3), int64 targets, reduction=\"mean\"; "
         f"times in ms (median over {meta['rounds']} interleaved rounds)")
     load = meta.get("other_load_at_start")
@@ -934,8 +935,9 @@ def main(argv=None):
                    help="dtype of the logits (default float32; bfloat16 needs ml_dtypes)")
     p.add_argument("--simd", help="fusedce.set_simd_level(SIMD) first (avx512_bf16, avx512, avx2, portable)")
     p.add_argument("--stream-mib", type=float, metavar="MIB",
-                   help="write outputs of at least MIB MiB with streaming stores (default: the "
-                        "last-level cache, at least 16 MiB; 0 restores it)")
+                   help="write outputs of at least MIB MiB with streaming stores, whatever their "
+                        "rows (default: 16 MiB with rows of 4 KiB or more, the last-level cache "
+                        "with shorter rows; 0 restores it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="FILE.md", help="also write the tables to this file")
     p.add_argument("--json", metavar="FILE", help="write raw numbers (every repetition) here")
@@ -987,7 +989,8 @@ def main(argv=None):
         "cores": cores,
         "fusedce": getattr(fc, "__version__", "?"),
         "simd": fc.simd_level() if hasattr(fc, "simd_level") else "?",
-        "streaming_mib": (core.streaming_threshold_bytes() / 2**20
+        "streaming_mib": ((core.streaming_threshold_bytes(4096) / 2**20,
+                           core.streaming_threshold_bytes(512) / 2**20)
                           if hasattr(core, "streaming_threshold_bytes") else None),
         "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else

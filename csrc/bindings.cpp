@@ -139,13 +139,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("num_threads", &cpu::num_threads);
   m.def("set_num_threads", [](int n) { cpu::set_num_threads(n); });
   m.def("default_num_threads", &cpu::default_num_threads);
-  m.def("streaming_threshold_bytes", &cpu::streaming_threshold_bytes,
-        "Outputs of at least this many bytes are written with streaming stores (CPU)");
-  m.def("default_streaming_threshold_bytes", &cpu::default_streaming_threshold_bytes);
+  m.def("streaming_threshold_bytes", &cpu::streaming_threshold_bytes, py::arg("row_bytes"),
+        "The smallest output (bytes) with rows of row_bytes that the CPU kernels stream");
   m.def("set_streaming_threshold_bytes", [](int64_t bytes) {
     if (bytes < 0) throw py::value_error("set_streaming_threshold_bytes: bytes must be >= 0 (0: the default)");
     cpu::set_streaming_threshold_bytes(bytes);
-  }, "Set the streaming threshold (tests, benchmarks); 0 restores the default");
+  }, "Stream every output of at least this many bytes (tests, benchmarks); 0 restores the default");
+  m.def("short_row_streaming_threshold_bytes", &cpu::short_row_streaming_threshold_bytes);
   m.def("cuda_available", &cuda::available);
   m.def("cuda_device_count", &cuda::device_count);
   m.def("cuda_build_info", [] { return std::string(cuda::build_info()); });

@@ -141,8 +141,9 @@ def simd_level(request):
 
 
 # Outputs of at least 16 MiB are streamed in every test, whatever this machine's last-level
-# cache (the default threshold is its size, at least 16 MiB: csrc/cpu/streaming.h), so that
-# the tests of the streamed paths (test_fused_paths.py) reach them on every machine.
+# cache (by default rows shorter than 4 KiB are streamed only from its size: see
+# csrc/cpu/streaming.h), so that the tests of the streamed paths (test_fused_paths.py) reach
+# them on every machine.
 TEST_STREAMING_BYTES = 16 << 20
 
 

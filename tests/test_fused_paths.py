@@ -1,9 +1,11 @@
 """The CPU kernel's large-output paths: streaming stores, the gradient of one row written
 while the next row is read (csrc/cpu/cross_entropy.h), the unaligned heads and tails.
 
-They only run for outputs of at least the streaming threshold (by default the last-level
-cache, at least 16 MiB; conftest.py sets 16 MiB for every test) with rows of at least 512 bytes
-(in place: rows of at least 1 MiB), so the parity tests' small shapes never reach them. Checked here: the same
+They only run for outputs of at least the streaming threshold (by default 16 MiB with rows
+of 4 KiB or more, the last-level cache with shorter rows; conftest.py sets 16 MiB for every
+test) with rows of at least 512 bytes (in place: rows of at least 1 MiB), so the parity tests'
+small shapes never reach them. Below it, out= asks for the gradient's lines a few rows ahead
+(rows of at most 4 KiB), which the small shapes and test_the_same_bits_streamed_or_not reach. Checked here: the same
 values as the reference, and bit for bit the same values whatever the thread count, the SIMD
 alignment of the output, or whether the gradient goes to out= or over the logits. Streamed, a
 row's whole cache lines take streaming stores and the partial lines at its ends plain ones.
@@ -198,26 +200,33 @@ def _llc_bytes():
     return largest
 
 
-def test_streaming_threshold_is_the_last_level_cache_and_can_be_set():
+def test_streaming_thresholds_follow_the_rows_and_the_last_level_cache():
     core = fusedce._core
-    assert core.default_streaming_threshold_bytes() == max(16 << 20, _llc_bytes())
-    assert core.streaming_threshold_bytes() == TEST_STREAMING_BYTES  # (conftest.py)
+    assert core.streaming_threshold_bytes(4096) == TEST_STREAMING_BYTES  # (set by conftest.py)
+    assert core.streaming_threshold_bytes(512) == TEST_STREAMING_BYTES
     try:
+        core.set_streaming_threshold_bytes(0)  # the default
+        llc = max(16 << 20, _llc_bytes())
+        assert core.short_row_streaming_threshold_bytes() == llc
+        assert core.streaming_threshold_bytes(4095) == llc
+        assert core.streaming_threshold_bytes(4096) == 16 << 20
+        assert core.streaming_threshold_bytes(1 << 20) == 16 << 20
         core.set_streaming_threshold_bytes(12345)
-        assert core.streaming_threshold_bytes() == 12345
-        core.set_streaming_threshold_bytes(0)
-        assert core.streaming_threshold_bytes() == core.default_streaming_threshold_bytes()
+        assert core.streaming_threshold_bytes(512) == core.streaming_threshold_bytes(8192) == 12345
         with pytest.raises(ValueError, match="bytes"):
             core.set_streaming_threshold_bytes(-1)
+        assert core.streaming_threshold_bytes(512) == 12345
     finally:
         core.set_streaming_threshold_bytes(TEST_STREAMING_BYTES)
     assert "streaming:" in fusedce.show_config(print_it=False)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_the_same_bits_streamed_or_not(dtype):
-    """The threshold only chooses the stores: out= below and above it gives the same bits."""
-    x, t, kw = _case((1100, 4100), dict(label_smoothing=0.1))
+@pytest.mark.parametrize("shape", [(1100, 4100), (32800, 130)])  # long rows; short, unaligned
+def test_the_same_bits_streamed_or_not(shape, dtype):
+    """The threshold only chooses the stores: out= below and above it gives the same bits
+    (short rows not streamed ask for their lines ahead: kWriteAheadRows)."""
+    x, t, kw = _case(shape, dict(label_smoothing=0.1))
     if dtype == "bfloat16":
         x = x.astype(need("ml_dtypes").bfloat16)
     results = []

@@ -558,8 +558,8 @@ void lse_of_rows(const T* max, const T* sum, int n, T* lse) {
 
 // Large outputs are written with streaming (non-temporal) stores: they will not be read
 // again soon, and a streaming store skips reading each line before writing it, which would
-// otherwise add a third of a copy's memory traffic. "Large" is at least the last-level
-// cache (streaming.h). Only the whole lines of a row are streamed (WholeLines), so rows of
+// otherwise add a third of a copy's memory traffic. "Large" depends on the row length and
+// the last-level cache (streaming.h). Only the whole lines of a row are streamed (WholeLines), so rows of
 // a few lines gain little: from 512 bytes (8 lines) on. On AMD Zen 5, out= with float32,
 // one thread, against a copy: 65536x256 3.6x -> 2.1x, 32768x600 1.9x -> 1.35x (that one
 // was streamed before, but vector by vector: 2.9x).
@@ -568,7 +568,7 @@ constexpr int64_t kStreamRowBytes = 512;
 template <class X>
 inline bool stream_output(const Rows& out) {
   const int64_t row_bytes = out.cols * static_cast<int64_t>(sizeof(X));
-  return row_bytes >= kStreamRowBytes && out.rows * row_bytes >= streaming_threshold_bytes();
+  return row_bytes >= kStreamRowBytes && out.rows * row_bytes >= streaming_threshold_bytes(row_bytes);
 }
 
 // In place (out over in), plain stores are usually the faster: each line was just read, so it
@@ -732,7 +732,8 @@ inline void store_classes(const Twice<V>* dc, int64_t C, X* d, int64_t stride) {
 // Asks for the lines of `rows` rows of C values at d, which are about to be written, to be
 // brought into cache meanwhile. The small-class path writes a block's rows W x W tiles at a
 // time, a pattern the hardware prefetchers miss: without this, each store waited for its
-// line (AMD Zen 5, 65536x32 float32 out=: 1.0x-1.8x as long in three interleaved runs).
+// line (AMD Zen 5, 65536x32 float32 out=: 1.0x-1.8x as long in three interleaved runs). The
+// row path asks a few rows ahead (kWriteAheadRows in cross_entropy.h).
 template <class X>
 inline void prefetch_rows_for_write(const X* d, int64_t stride, int64_t C, int rows) {
   const int64_t bytes = C * static_cast<int64_t>(sizeof(X));

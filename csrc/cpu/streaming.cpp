@@ -1,4 +1,4 @@
-// The streaming-store threshold (streaming.h): the last-level cache's size, read once.
+// The streaming-store thresholds (streaming.h): the last-level cache's size, read once.
 #include "cpu/streaming.h"
 
 #if __has_include(<unistd.h>)
@@ -13,7 +13,7 @@ namespace {
 
 constexpr int64_t kMinimum = int64_t(16) << 20;
 
-// The largest unified cache of CPU 0 that Linux lists (bytes), or 0.
+// The largest cache of CPU 0 that Linux lists (bytes), or 0.
 int64_t largest_listed_cache() {
   int64_t largest = 0;
   for (int index = 0; index < 8; ++index) {
@@ -42,14 +42,14 @@ int64_t last_level_cache_bytes() {
   return largest_listed_cache();
 }
 
-std::atomic<int64_t>& chosen() {
-  static std::atomic<int64_t> bytes{default_streaming_threshold_bytes()};
+std::atomic<int64_t>& chosen() {  // 0: the default
+  static std::atomic<int64_t> bytes{0};
   return bytes;
 }
 
 }  // namespace
 
-int64_t default_streaming_threshold_bytes() {
+int64_t short_row_streaming_threshold_bytes() {
   static const int64_t bytes = [] {
     const int64_t llc = last_level_cache_bytes();
     return llc > kMinimum ? llc : kMinimum;
@@ -57,10 +57,14 @@ int64_t default_streaming_threshold_bytes() {
   return bytes;
 }
 
-int64_t streaming_threshold_bytes() { return chosen().load(std::memory_order_relaxed); }
+int64_t streaming_threshold_bytes(int64_t row_bytes) {
+  const int64_t set = chosen().load(std::memory_order_relaxed);
+  if (set > 0) return set;
+  return row_bytes >= kLongRowBytes ? kMinimum : short_row_streaming_threshold_bytes();
+}
 
 void set_streaming_threshold_bytes(int64_t bytes) {
-  chosen().store(bytes > 0 ? bytes : default_streaming_threshold_bytes(), std::memory_order_relaxed);
+  chosen().store(bytes > 0 ? bytes : 0, std::memory_order_relaxed);
 }
 
 }  // namespace fusedce::cpu

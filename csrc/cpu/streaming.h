@@ -1,20 +1,32 @@
 // When the CPU kernels write an output with streaming (non-temporal) stores: for outputs of
-// at least streaming_threshold_bytes(). Below that size the output is likely to stay in the
-// last-level cache, where plain stores are cheaper than sending every line to memory (and
-// the caller, who reads the result next, finds it there). The threshold is the size of the
-// last-level cache, and at least 16 MiB. Measured, float32 out=, one thread, against a copy:
-//   Intel Xeon (Sapphire Rapids class VM, 105 MiB L3): 65536x128 (32 MiB) 3.5x streamed,
-//   2.0x not; 65536x256 (64 MiB) 3.1x and 2.5x; 32768x600 (75 MiB) the same either way.
-//   AMD EPYC (Zen 5 VM, 32 MiB L3): 65536x256 3.6x not streamed, 2.1x streamed.
+// at least streaming_threshold_bytes(row_bytes). Streaming skips reading each line before it
+// is written, but sends every line to memory; plain stores leave the output in cache, where
+// the caller, who reads it next, finds it. By default:
+//   rows of at least kLongRowBytes (4 KiB): outputs from 16 MiB;
+//   shorter rows: outputs from the size of the last-level cache (at least 16 MiB). On the
+//   Intel VM below, streaming such rows cost more than it saved even for outputs beyond its
+//   cache (plain stores there ask for their lines ahead: kWriteAheadRows, cross_entropy.h).
+// Measured, float32 out=, one thread, time / a copy, outputs of 32-250 MiB:
+//   Intel Xeon (Sapphire Rapids class VM, 2 MiB L2, 105 MiB L3), streamed vs plain stores:
+//   65536x128 3.3x / 1.5x, 32768x256 2.1x / 1.3x, 16384x512 1.5x / 1.4x, 32768x600 2.1x /
+//   2.0x, 8192x1024 1.26x / 1.42x, 4096x2048 1.14x / 1.95x, 16384x2000 1.5x / 2.0x,
+//   2048x32000 1.4x / 2.0x.
+//   AMD EPYC (Zen 5 VM, 1 MiB L2, 32 MiB L3): 65536x256 3.6x plain, 2.1x streamed (its
+//   64 MiB output is beyond that cache).
 #pragma once
 #include <cstdint>
 
 namespace fusedce::cpu {
 
-int64_t streaming_threshold_bytes();
-// Tests and benchmarks: set the threshold (bytes >= 1), or with 0 go back to the default.
+constexpr int64_t kLongRowBytes = 4096;
+
+// The smallest output (bytes) streamed when its rows are row_bytes long.
+int64_t streaming_threshold_bytes(int64_t row_bytes);
+// Tests and benchmarks: stream every output of at least `bytes` (>= 1), whatever its rows,
+// or with 0 go back to the default above.
 void set_streaming_threshold_bytes(int64_t bytes);
-// The default: max(16 MiB, the last-level cache as the C library or Linux reports it).
-int64_t default_streaming_threshold_bytes();
+// The default for rows shorter than kLongRowBytes: max(16 MiB, the last-level cache as the
+// C library or Linux reports it).
+int64_t short_row_streaming_threshold_bytes();
 
 }  // namespace fusedce::cpu
