@@ -376,8 +376,9 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
   const bool stream = scratch && stream_result<X>(logits, dx);
   const bool argmax = stats.argmax != 0;
   const bool one_chunk = chunk_length(C) >= C;  // (PendingGradient::chunk_scale)
-  // out= with plain stores: the gradient's lines are asked for ahead (WriteAhead)
-  const bool write_ahead = !stream && dx.data != logits.data && C * int64_t(sizeof(X)) <= kWriteAheadRowBytes;
+  // out= with plain stores: the gradient's lines are asked for ahead (kWriteAheadRows)
+  const bool write_ahead =
+      !stream && dx.data != logits.data && C * static_cast<int64_t>(sizeof(X)) <= kWriteAheadRowBytes;
   with_flags(ce.probs, ce.w != nullptr, [&](auto has_q, auto has_w) {
    with_flag(ce.cap != 0, [&](auto has_cap) {
     constexpr bool HasQ = decltype(has_q)::value, HasW = decltype(has_w)::value;

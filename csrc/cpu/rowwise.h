@@ -559,10 +559,10 @@ void lse_of_rows(const T* max, const T* sum, int n, T* lse) {
 // Large outputs are written with streaming (non-temporal) stores: they will not be read
 // again soon, and a streaming store skips reading each line before writing it, which would
 // otherwise add a third of a copy's memory traffic. "Large" depends on the row length and
-// the last-level cache (streaming.h). Only the whole lines of a row are streamed (WholeLines), so rows of
-// a few lines gain little: from 512 bytes (8 lines) on. On AMD Zen 5, out= with float32,
-// one thread, against a copy: 65536x256 3.6x -> 2.1x, 32768x600 1.9x -> 1.35x (that one
-// was streamed before, but vector by vector: 2.9x).
+// on the last-level cache (streaming.h). Only the whole lines of a row are streamed
+// (WholeLines), so rows of a few lines gain little: from 512 bytes (8 lines) on. On AMD
+// Zen 5, out= with float32, one thread, against a copy: 65536x256 3.6x -> 2.1x, 32768x600
+// 1.9x -> 1.35x (that one was streamed before, but vector by vector: 2.9x).
 constexpr int64_t kStreamRowBytes = 512;
 
 template <class X>

@@ -4,8 +4,8 @@
 // the caller, who reads it next, finds it. By default:
 //   rows of at least kLongRowBytes (4 KiB): outputs from 16 MiB;
 //   shorter rows: outputs from the size of the last-level cache (at least 16 MiB). On the
-//   Intel VM below, streaming such rows cost more than it saved even for outputs beyond its
-//   cache (plain stores there ask for their lines ahead: kWriteAheadRows, cross_entropy.h).
+//   Intel VM below, streaming such rows cost more than it saved for outputs its cache
+//   holds (plain stores there ask for their lines ahead: kWriteAheadRows, cross_entropy.h).
 // Measured, float32 out=, one thread, time / a copy, outputs of 32-250 MiB:
 //   Intel Xeon (Sapphire Rapids class VM, 2 MiB L2, 105 MiB L3), streamed vs plain stores:
 //   65536x128 3.3x / 1.5x, 32768x256 2.1x / 1.3x, 16384x512 1.5x / 1.4x, 32768x600 2.1x /
