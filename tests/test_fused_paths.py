@@ -4,8 +4,8 @@ while the next row is read (csrc/cpu/cross_entropy.h), the unaligned heads and t
 They only run for outputs of at least the streaming threshold (by default 16 MiB with rows
 of 4 KiB or more, the last-level cache with shorter rows; conftest.py sets 16 MiB for every
 test) with rows of at least 512 bytes (in place: rows of at least 1 MiB), so the parity tests'
-small shapes never reach them. Below it, out= asks for the gradient's lines a few rows ahead
-(rows of at most 4 KiB), which the small shapes and test_the_same_bits_streamed_or_not reach. Checked here: the same
+small shapes never reach them (below it, out= asks for the gradient's lines a few rows ahead
+when rows are at most 4 KiB: test_the_same_bits_streamed_or_not). Checked here: the same
 values as the reference, and bit for bit the same values whatever the thread count, the SIMD
 alignment of the output, or whether the gradient goes to out= or over the logits. Streamed, a
 row's whole cache lines take streaming stores and the partial lines at its ends plain ones.
