@@ -346,8 +346,9 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 // a line not in cache must first fetch it; the hardware prefetchers do not run far enough
 // ahead of such stores, and the store buffer fills while they wait. Intel Xeon (Sapphire
 // Rapids class VM), one thread, float32 from memory, ns per row, min of five alternated
-// runs: 65536x128 202 -> 163, 65536x256 335 -> 262, 8192x1024 1338 -> 1041, 32768x600
-// 644 -> 586; 16384x2000 (8 KiB rows) unchanged, so longer rows are left to the hardware.
+// runs, prefetching for reading: 65536x128 202 -> 163, 65536x256 335 -> 262, 8192x1024
+// 1338 -> 1041, 32768x600 644 -> 586; PREFETCHW (AVX-512 builds) did better again:
+// 65536x128 169 -> 141 for reading -> 112 in another run.
 // Not in place: there the lines were just read, and asking for them again made 65536x128
 // 143 -> 154 ns per row.
 constexpr int64_t kWriteAheadRows = 8;
