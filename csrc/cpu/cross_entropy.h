@@ -343,8 +343,9 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 
 // out= with plain stores, rows of at most 4 KiB: the gradient row kWriteAheadRows ahead is
 // asked for (prefetch_rows_for_write) before the current row is swept. Each plain store to
-// a line not in cache must first fetch it; the hardware prefetchers do not run far enough
-// ahead of such stores, and the store buffer fills while they wait. Intel Xeon (Sapphire
+// a line not in cache must first fetch it; as we read the figures, the hardware prefetchers
+// do not run far enough ahead of such stores and the store buffer fills while they wait
+// (longer rows, streamed from 16 MiB, were not measured without it). Intel Xeon (Sapphire
 // Rapids class VM), one thread, float32 from memory, ns per row, min of five alternated
 // runs, prefetching for reading: 65536x128 202 -> 163, 65536x256 335 -> 262, 8192x1024
 // 1338 -> 1041, 32768x600 644 -> 586; PREFETCHW (AVX-512 builds) did better again:
