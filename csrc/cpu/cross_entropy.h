@@ -353,7 +353,7 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 // Not in place: there the lines were just read, and asking for them again made 65536x128
 // 143 -> 154 ns per row.
 constexpr int64_t kWriteAheadRows = 8;
-constexpr int64_t kWriteAheadRowBytes = 4096;
+constexpr int64_t kWriteAheadRowBytes = kLongRowBytes;  // (longer rows stream from 16 MiB)
 
 // Loss and gradient. Sweep 1 reads the row and leaves exp(x - running max) in a scratch row;
 // sweep 2 rescales that (still in cache) into the gradient and subtracts the target terms,
