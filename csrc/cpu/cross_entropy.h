@@ -342,7 +342,7 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 }
 
 // out= with plain stores, rows of at most 4 KiB: the gradient row kWriteAheadRows ahead is
-// asked for (prefetch_rows_for_write) before the current row is swept. Each plain store to
+// asked for while the current row is swept, a line or two per step of its exp loop (sum_exp). Each plain store to
 // a line not in cache must first fetch it; as we read the figures, the hardware prefetchers
 // do not run far enough ahead of such stores and the store buffer fills while they wait
 // (longer rows, streamed from 16 MiB, were not measured without it). Intel Xeon (Sapphire
@@ -351,7 +351,10 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 // 1338 -> 1041, 32768x600 644 -> 586; PREFETCHW (AVX-512 builds) did better again:
 // 65536x128 169 -> 141 for reading -> 112 in another run.
 // Not in place: there the lines were just read, and asking for them again made 65536x128
-// 143 -> 154 ns per row.
+// 143 -> 154 ns per row. The lines were first asked for all at once before each row; spread
+// over the loop (2026-12-03, same machine, five alternated runs of each, ns per row):
+// 32768x600 635-696 -> 552-612; 65536x128, 65536x256, 8192x1024, 32768x100 unchanged. The
+// burst waited for free fill buffers (perf put 40% of the row loop's own samples on it).
 constexpr int64_t kWriteAheadRows = 8;
 constexpr int64_t kWriteAheadRowBytes = kLongRowBytes;  // (longer rows stream from 16 MiB)
 
@@ -400,16 +403,18 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
     const bool defer_lse = one_chunk && !Cap && ce.z == 0 && !stats.lse_is_input && !two_reads;
     LseBlock<V, T, X> block;
     for (int64_t r = r0; r < r1; ++r) {
-      if (write_ahead && r + kWriteAheadRows < r1)
-        prefetch_rows_for_write(row_ptr<X>(dx, r + kWriteAheadRows), dx.row_stride, C, 1);
+      const X* ahead_row =
+          write_ahead && r + kWriteAheadRows < r1 ? row_ptr<X>(dx, r + kWriteAheadRows) : nullptr;
       const CeRow<T, X> row = ce.template row<typename V::Scalar>(r, &dx);
       if (row.ignored() && (!stats.lse || stats.lse_is_input) && !argmax) {  // loss 0, grad 0
+        if (ahead_row) prefetch_rows_for_write(ahead_row, dx.row_stride, C, 1);
         fill(row.d, C, T(0));
         ce.write_stats(r, row, RowSummary<T>{});
         continue;
       }
       RowSummary<T> s;
       if (stats.lse_is_input || two_reads) {
+        if (ahead_row) prefetch_rows_for_write(ahead_row, dx.row_stride, C, 1);  // (no summarise_row)
         if constexpr (narrower) {
           if (two_reads) {
             alignas(64) T capped[kChunk];  // a softcap's buffer for one chunk (summarise_row)
@@ -441,7 +446,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
           with_flag(stream, [&](auto streamed) {
             s = summarise_row<V, true, Dot, HasQ, HasW, Carry, Cap, decltype(streamed)::value>(
                 row.x, C, row.k, e, chunk_max[cur], argmax, Carry ? pending : nullptr, ce.cap,
-                !defer_lse);
+                !defer_lse, ahead_row);
           });
         });
         have_pending = false;

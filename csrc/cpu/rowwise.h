@@ -122,6 +122,12 @@ T max_of(const X* x, int64_t n) {
     m1 = V::max(m1, V::load(x + i + W));
   }
   for (; i + W <= n; i += W) m0 = V::max(m0, V::load(x + i));
+  // The last n - i < W values as the range's last vector, which overlaps the one before it
+  // (a value seen twice leaves the max as it is): one vector instead of up to W - 1 scalars.
+  if (i < n && n >= W) {
+    m1 = V::max(m1, V::load(x + n - W));
+    i = n;
+  }
   T m = V::max(m0, m1).hmax();
   for (; i < n; ++i) m = widen(x[i]) > m ? widen(x[i]) : m;
   return m;
@@ -383,6 +389,8 @@ void finish_range(const PendingGradient<T, X>& p, int64_t begin, int64_t end, T 
 // `ahead` (may be null) is prefetched at the same pace: the kernels pass the next chunk, so
 // that memory is read while this loop computes (a compute-bound loop issues no misses of its
 // own, and the hardware prefetcher alone runs only a little ahead of the demand).
+// `write_ahead` (may be null), the same classes of a gradient row written later, is asked
+// for (for writing) at that pace too: see kWriteAheadRows in cross_entropy.h.
 // With Carry, the same chunk of the pending row `p` (chunk offset c0, factor ps) gets its
 // gradient written in the same loop: its streaming stores then drain while this loop
 // computes, instead of stalling a sweep of their own. Streamed (CarryStream), the loop writes
@@ -392,7 +400,7 @@ void finish_range(const PendingGradient<T, X>& p, int64_t begin, int64_t end, T 
 template <class V, bool Store, bool Carry, bool HasQ, bool HasW, bool Cap, bool CarryStream, class Src,
           class X, class T = typename V::T>
 T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
-          const PendingGradient<T, X>* p, int64_t c0, T ps) {
+          const PendingGradient<T, X>* p, int64_t c0, T ps, const X* write_ahead = nullptr) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
   const V vm = V::set1(m), vps = V::set1(ps);
@@ -407,6 +415,10 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
     if (ahead) {
       __builtin_prefetch(ahead + i, 0, 2);
       __builtin_prefetch(ahead + i + W, 0, 2);
+    }
+    if (write_ahead) {  // the step's lines (one or two)
+      __builtin_prefetch(write_ahead + i, 1, 3);
+      if constexpr (W * sizeof(X) >= kLineBytes) __builtin_prefetch(write_ahead + i + W, 1, 3);
     }
     V e0 = vexp(V::load(x + i) - vm);
     V e1 = vexp(V::load(x + i + W) - vm);
@@ -431,6 +443,21 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
     V e0 = vexp(V::load(x + i) - vm);
     if constexpr (Store) e0.store(e + i);
     s0 = s0 + e0;
+  }
+  // The last n - i < W classes as one vector whose other lanes add 0, so that every class
+  // of a range at least a vector wide gets the vector's exp (the one-lane code rounds its
+  // fma in two steps), and medium rows (600 classes: 8 left over) pay one vector, not 8 exps.
+  if (i < n && n >= W) {
+    const int rest = static_cast<int>(n - i);
+    V e0 = vexp(V::load_partial(x + i, rest) - vm);
+    e0 = V::select_gt(V::set1(static_cast<T>(rest)), lane_indices<V>(), e0, V::set1(T(0)));
+    if constexpr (Store) e0.store_partial(e + i, rest);
+    s1 = s1 + e0;
+    i = n;
+  }
+  if (write_ahead) {  // the lines the loop's steps left, the last one included
+    for (int64_t j = i; j < n; j += kLineElems<X>) __builtin_prefetch(write_ahead + j, 1, 3);
+    __builtin_prefetch(write_ahead + n - 1, 1, 3);
   }
   T s = (s0 + s1).hsum();
   for (; i < n; ++i) {
@@ -473,6 +500,7 @@ void cap_logits(const X* x, int64_t n, T softcap, T* out) {
 // sum u_c x_c and sum u_c (label smoothing, probability targets). With Store it writes
 // exp(x - running max) to e (which may alias x) and each chunk's running max to chunk_max.
 // With Carry it also writes the gradient of the previous row, `pending` (see sum_exp).
+// `write_ahead`, when given, is a gradient row asked for as the sweep goes (see sum_exp).
 // With Cap every sweep sees softcap * tanh(x / softcap) instead of x: each chunk is capped
 // into e first (with Store, e is a row and keeps the capped row; without, e is a buffer of
 // kChunk values reused by every chunk), and argmax is that of x as given.
@@ -481,7 +509,8 @@ template <class V, bool Store, bool Dot, bool HasQ, bool HasW, bool Carry = fals
 RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T, NoDeduce<X>>& k,
                             NoDeduce<T>* e, NoDeduce<T>* chunk_max, bool want_argmax = false,
                             const PendingGradient<NoDeduce<T>, NoDeduce<X>>* pending = nullptr,
-                            NoDeduce<T> softcap = 0, bool want_lse = true) {
+                            NoDeduce<T> softcap = 0, bool want_lse = true,
+                            const NoDeduce<X>* write_ahead = nullptr) {
   RowSummary<T> s;
   // without Store no chunk maxima are kept, so Cap's buffer can fix the chunk length
   const int64_t len = Cap && !Store ? kChunk : chunk_length(cols);
@@ -523,7 +552,8 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
       if constexpr (Carry) finish_range<V, HasQ, HasW, CarryStream, Cap>(*pending, c0, c0 + n, ps);
     } else {
       s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap, CarryStream>(src, n, s.max, e + (StoreExps ? c0 : 0),
-                                                             x + c0 + len, pending, c0, ps);
+                                                             x + c0 + len, pending, c0, ps,
+                                                             write_ahead ? write_ahead + c0 : nullptr);
     }
     if constexpr (Store) chunk_max[chunk] = s.max;
   }
