@@ -342,13 +342,14 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 }
 
 // out= with plain stores, rows of at most 4 KiB: the gradient row kWriteAheadRows ahead is
-// asked for while the current row is swept, a line or two per step of its exp loop (sum_exp). Each plain store to
-// a line not in cache must first fetch it; as we read the figures, the hardware prefetchers
-// do not run far enough ahead of such stores and the store buffer fills while they wait
-// (longer rows, streamed from 16 MiB, were not measured without it). Intel Xeon (Sapphire
-// Rapids class VM), one thread, float32 from memory, ns per row, min of five alternated
-// runs, prefetching for reading: 65536x128 202 -> 163, 65536x256 335 -> 262, 8192x1024
-// 1338 -> 1041, 32768x600 644 -> 586; PREFETCHW (AVX-512 builds) did better again:
+// asked for while the current row is swept, a line or two per step of its exp loop
+// (sum_exp). Each plain store to a line not in cache must first fetch it; as we read the
+// figures, the hardware prefetchers do not run far enough ahead of such stores and the
+// store buffer fills while they wait (longer rows, streamed from 16 MiB, were not measured
+// without it). Intel Xeon (Sapphire Rapids class VM), one thread, float32 from memory, ns
+// per row, min of five alternated runs, prefetching for reading: 65536x128 202 -> 163,
+// 65536x256 335 -> 262, 8192x1024 1338 -> 1041, 32768x600 644 -> 586; PREFETCHW (AVX-512
+// builds) did better again:
 // 65536x128 169 -> 141 for reading -> 112 in another run.
 // Not in place: there the lines were just read, and asking for them again made 65536x128
 // 143 -> 154 ns per row. The lines were first asked for all at once before each row; spread
