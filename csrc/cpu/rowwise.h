@@ -385,6 +385,21 @@ void finish_range(const PendingGradient<T, X>& p, int64_t begin, int64_t end, T 
   for (; c < end; ++c) finish_scalar<V, HasQ, HasW, Cap>(p, c, s);
 }
 
+// Asks for the lines of `rows` rows of C values at d, which are about to be written, to be
+// brought into cache meanwhile. The small-class path writes a block's rows W x W tiles at a
+// time, a pattern the hardware prefetchers miss: without this, each store waited for its
+// line (AMD Zen 5, 65536x32 float32 out=: 1.0x-1.8x as long in three interleaved runs). The
+// row path asks a few rows ahead (kWriteAheadRows in cross_entropy.h).
+template <class X>
+inline void prefetch_rows_for_write(const X* d, int64_t stride, int64_t C, int rows) {
+  const int64_t bytes = C * static_cast<int64_t>(sizeof(X));
+  for (int i = 0; i < rows; ++i) {
+    const char* row = reinterpret_cast<const char*>(d + i * stride);
+    for (int64_t b = 0; b < bytes; b += kLineBytes) __builtin_prefetch(row + b, 1, 3);
+    __builtin_prefetch(row + bytes - 1, 1, 3);  // the last line, when the row starts mid-line
+  }
+}
+
 // sum_i exp(x_i - m) over a chunk, also writing each exp to e[i] when Store (e may alias x).
 // `ahead` (may be null) is prefetched at the same pace: the kernels pass the next chunk, so
 // that memory is read while this loop computes (a compute-bound loop issues no misses of its
@@ -455,10 +470,8 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
     s1 = s1 + e0;
     i = n;
   }
-  if (write_ahead) {  // the lines the loop's steps left, the last one included
-    for (int64_t j = i; j < n; j += kLineElems<X>) __builtin_prefetch(write_ahead + j, 1, 3);
-    __builtin_prefetch(write_ahead + n - 1, 1, 3);
-  }
+  // the lines the loop's steps left, and always the row's last (a row that starts mid-line)
+  if (write_ahead) prefetch_rows_for_write(write_ahead + i, 0, n - i, 1);
   T s = (s0 + s1).hsum();
   for (; i < n; ++i) {
     T ei = vexp(S{widen(x[i]) - m}).v;
@@ -757,21 +770,6 @@ template <class V, class X>
 inline void store_classes(const Twice<V>* dc, int64_t C, X* d, int64_t stride) {
   store_tiles<V>(d, stride, C, [&](int64_t c) { return dc[c].lo; });
   store_tiles<V>(d + V::width * stride, stride, C, [&](int64_t c) { return dc[c].hi; });
-}
-
-// Asks for the lines of `rows` rows of C values at d, which are about to be written, to be
-// brought into cache meanwhile. The small-class path writes a block's rows W x W tiles at a
-// time, a pattern the hardware prefetchers miss: without this, each store waited for its
-// line (AMD Zen 5, 65536x32 float32 out=: 1.0x-1.8x as long in three interleaved runs). The
-// row path asks a few rows ahead (kWriteAheadRows in cross_entropy.h).
-template <class X>
-inline void prefetch_rows_for_write(const X* d, int64_t stride, int64_t C, int rows) {
-  const int64_t bytes = C * static_cast<int64_t>(sizeof(X));
-  for (int i = 0; i < rows; ++i) {
-    const char* row = reinterpret_cast<const char*>(d + i * stride);
-    for (int64_t b = 0; b < bytes; b += kLineBytes) __builtin_prefetch(row + b, 1, 3);
-    __builtin_prefetch(row + bytes - 1, 1, 3);  // the last line, when the row starts mid-line
-  }
 }
 
 // Runs block(lanes, r) over the rows [r0, r1): two blocks of W rows at a time (`lanes` a
