@@ -215,6 +215,29 @@ struct PendingGradient {
   T chunk_scale(int64_t chunk) const {
     return inv_sum != 0 ? scale * inv_sum : scale * scalar_exp(chunk_max[chunk] - lse);
   }
+
+  // A copy for a loop that writes the gradient row. The loop's vector stores may alias any
+  // memory as far as the compiler knows, so it would read every field it uses from *this
+  // again after each store (five loads per vector); a local copy stays in registers. It is
+  // made field by field: a whole-struct copy reads wider pieces than the fields were stored
+  // in, and right after they were stored it waits for those stores (cross_entropy.h).
+  PendingGradient loop_copy() const {
+    PendingGradient c;
+    c.d = d;
+    c.e = e;
+    c.chunk_max = chunk_max;
+    c.lse = lse;
+    c.scale = scale;
+    c.k.q = k.q;
+    c.k.w = k.w;
+    c.k.a = k.a;
+    c.k.b = k.b;
+    c.hot = hot;
+    c.hot_value = hot_value;
+    c.inv_cap = inv_cap;
+    c.inv_sum = inv_sum;
+    return c;
+  }
 };
 
 // 0, 1, ..., W-1: each lane's index.
@@ -352,9 +375,10 @@ inline void finish_scalar(const PendingGradient<T, X>& p, int64_t c, T s) {
 // before `done` (from begin on). A sweep that carries a row's gradient (sum_exp) ends with
 // this too, so every element is computed the same way on either path.
 template <class V, bool HasQ, bool HasW, bool Stream, bool Cap, class T, class X>
-void finish_rest(const PendingGradient<T, X>& p, int64_t begin, int64_t end, const WholeLines<X>& lines,
+void finish_rest(const PendingGradient<T, X>& pending, int64_t begin, int64_t end, const WholeLines<X>& lines,
                  int64_t done, V s) {
   constexpr int W = V::width;
+  const PendingGradient<T, X> p = pending.loop_copy();
   if constexpr (Stream) {
     finish_partial_lines<V, HasQ, HasW, Cap>(p, begin, lines.first, s);
     for (; done < lines.last; done += kLineElems<X>) finish_line<V, HasQ, HasW, Cap>(p, done, s);
@@ -424,6 +448,8 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
   constexpr bool streamed = Carry && CarryStream;
   const WholeLines<X> lines = streamed && n >= W ? WholeLines<X>(p->d, c0, c0 + n) : WholeLines<X>();
   int64_t carried = streamed ? lines.first : c0;
+  PendingGradient<T, X> g;  // *p for the loop (loop_copy); *p itself is passed on after it
+  if constexpr (Carry) g = p->loop_copy();
   V s0 = V::set1(0), s1 = s0;
   int64_t i = 0;
   for (; i + 2 * W <= n; i += 2 * W) {
@@ -444,10 +470,10 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
     if constexpr (Carry) {
       if constexpr (streamed) {  // as many lines as this step's classes fill, at least one
         for (int64_t k = 0; k < kCarriedLines && carried < lines.last; ++k, carried += kLineElems<X>)
-          finish_line<V, HasQ, HasW, Cap>(*p, carried, vps);
+          finish_line<V, HasQ, HasW, Cap>(g, carried, vps);
       } else if (carried + 2 * W <= c0 + n) {
-        finish_vector<V, HasQ, HasW, false, Cap>(*p, carried, vps);
-        finish_vector<V, HasQ, HasW, false, Cap>(*p, carried + W, vps);
+        finish_vector<V, HasQ, HasW, false, Cap>(g, carried, vps);
+        finish_vector<V, HasQ, HasW, false, Cap>(g, carried + W, vps);
         carried += 2 * W;
       }
     }
