@@ -150,12 +150,19 @@ PYBIND11_MODULE(_core, m) {
   m.def("cuda_device_count", &cuda::device_count);
   m.def("cuda_build_info", [] { return std::string(cuda::build_info()); });
   m.def("cuda_unavailable_reason", &cuda::unavailable_reason);
-  m.def("vexp", [](std::uintptr_t x, std::uintptr_t y, int64_t n, DType dtype) {
+  m.def("vexp", [](std::uintptr_t x, std::uintptr_t y, int64_t n, DType dtype, bool nonpositive) {
     py::gil_scoped_release no_gil;
     const auto& k = cpu::active_kernels();
-    if (dtype == DType::Float64) k.f64.exp(reinterpret_cast<const double*>(x), reinterpret_cast<double*>(y), n);
-    else k.f32.exp(reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y), n);
-  }, "The kernels' vectorised exp over n contiguous values (for tests)");
+    if (dtype == DType::Float64) {
+      const auto exp = nonpositive ? k.f64.exp_nonpositive : k.f64.exp;
+      exp(reinterpret_cast<const double*>(x), reinterpret_cast<double*>(y), n);
+    } else {
+      const auto exp = nonpositive ? k.f32.exp_nonpositive : k.f32.exp;
+      exp(reinterpret_cast<const float*>(x), reinterpret_cast<float*>(y), n);
+    }
+  }, py::arg("x"), py::arg("y"), py::arg("n"), py::arg("dtype"), py::arg("nonpositive") = false,
+     "The kernels' vectorised exp over n contiguous values (for tests); nonpositive: the "
+     "variant for x <= 0 that the softmax sweeps use");
 #ifdef FUSEDCE_VERSION
   m.attr("__version__") = FUSEDCE_VERSION;
 #endif

@@ -16,6 +16,12 @@ void exp_array(const X* x, X* y, int64_t n) {
   for (; i + V::width <= n; i += V::width) vexp(V::load(x + i)).store(y + i);
   for (; i < n; ++i) y[i] = narrow<X>(vexp(V::Scalar::load(x + i)).v);
 }
+template <class V, class X>
+void exp_nonpositive_array(const X* x, X* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + V::width <= n; i += V::width) vexp_nonpositive(V::load(x + i)).store(y + i);
+  for (; i < n; ++i) y[i] = narrow<X>(vexp_nonpositive(V::Scalar::load(x + i)).v);
+}
 
 // The kernels for rows stored as X, computed with V (float32 vectors for the half types).
 template <class V, class X = typename V::T>
@@ -23,7 +29,7 @@ KernelsFor<X> kernels_for() {
   return {softmax_forward_rows<V, X>,  softmax_backward_rows<V, X>,         cross_entropy_forward_rows<V, X>,
           cross_entropy_with_grad_rows<V, X>, cross_entropy_shard_stats_rows<V, X>, nll_forward_rows<V, X>,
           nll_backward_rows<V, X>,     mse_forward_rows<V, X>,              mse_backward_rows<V, X>,
-          exp_array<V, X>};
+          exp_array<V, X>,             exp_nonpositive_array<V, X>};
 }
 
 // (The host helpers are named *_here: the dispatching cpu::sum_as_double / cpu::index_range

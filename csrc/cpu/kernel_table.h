@@ -28,6 +28,7 @@ struct KernelsFor {
   void (*mse_backward)(const Rows& pred, const Rows& target, const Rows& grad_each,
                        const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1);
   void (*exp)(const X* x, X* y, int64_t n);  // the vectorised exp, exposed for its tests
+  void (*exp_nonpositive)(const X* x, X* y, int64_t n);  // and its variant for x <= 0
 };
 
 struct KernelTable {

@@ -461,8 +461,8 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
       __builtin_prefetch(write_ahead + i, 1, 3);
       if constexpr (W * sizeof(X) >= kLineBytes) __builtin_prefetch(write_ahead + i + W, 1, 3);
     }
-    V e0 = vexp(V::load(x + i) - vm);
-    V e1 = vexp(V::load(x + i + W) - vm);
+    V e0 = vexp_nonpositive(V::load(x + i) - vm);
+    V e1 = vexp_nonpositive(V::load(x + i + W) - vm);
     if constexpr (Store) {
       e0.store(e + i);
       e1.store(e + i + W);
@@ -481,7 +481,7 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
     s1 = s1 + e1;
   }
   for (; i + W <= n; i += W) {
-    V e0 = vexp(V::load(x + i) - vm);
+    V e0 = vexp_nonpositive(V::load(x + i) - vm);
     if constexpr (Store) e0.store(e + i);
     s0 = s0 + e0;
   }
@@ -490,7 +490,7 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
   // fma in two steps), and medium rows (600 classes: 8 left over) pay one vector, not 8 exps.
   if (i < n && n >= W) {
     const int rest = static_cast<int>(n - i);
-    V e0 = vexp(V::load_partial(x + i, rest) - vm);
+    V e0 = vexp_nonpositive(V::load_partial(x + i, rest) - vm);
     e0 = V::select_gt(V::set1(static_cast<T>(rest)), lane_indices<V>(), e0, V::set1(T(0)));
     if constexpr (Store) e0.store_partial(e + i, rest);
     s1 = s1 + e0;
@@ -500,7 +500,7 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
   if (write_ahead) prefetch_rows_for_write(write_ahead + i, 0, n - i, 1);
   T s = (s0 + s1).hsum();
   for (; i < n; ++i) {
-    T ei = vexp(S{widen(x[i]) - m}).v;
+    T ei = vexp_nonpositive(S{widen(x[i]) - m}).v;
     if constexpr (Store) e[i] = ei;
     s += ei;
   }

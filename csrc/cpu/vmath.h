@@ -8,8 +8,10 @@
 // exp: relative error below 3e-7 (float) and 1e-15 (double), a few ulp.
 // Arguments below the smallest normal result (-87.3 float, -708.4 double), -inf included,
 // give exactly 0: the subnormal range is flushed, an absolute error below 1.2e-38 / 2.3e-308.
-// NaN gives NaN. Kernels only call it on x - max(x) <= 0; larger arguments are clamped to
-// 88 / 709 on the paths whose 2^n construction would wrap (AVX2, portable).
+// NaN gives NaN. Kernels call it on x - max(x) or x - lse, <= 0 unless a caller's lse is
+// wrong; larger arguments are clamped to 88 / 709 on the paths whose 2^n construction would
+// wrap (AVX2, portable). The softmax sweeps (sum_exp in rowwise.h), whose arguments are <= 0
+// by construction, call vexp_nonpositive below, one or two operations shorter.
 // About 12 vector operations per vector of results: the fused kernels are bound by this,
 // not by memory, on one core, so every operation saved here shows in the benchmark.
 #pragma once
@@ -25,11 +27,13 @@ template <> struct ExpConstants<float> {
   static constexpr float lowest = -87.33654f, highest = 88.0f;
   static constexpr float log2e = 1.44269504088896341f;
   static constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+  static constexpr float shifter = 12582912.0f;  // 1.5 2^23: x + shifter - shifter rounds x
 };
 template <> struct ExpConstants<double> {
   static constexpr double lowest = -708.3964185322641, highest = 709.0;
   static constexpr double log2e = 1.4426950408889634074;
   static constexpr double ln2_hi = 6.93145751953125e-1, ln2_lo = 1.42860682030941723212e-6;
+  static constexpr double shifter = 6755399441055744.0;  // 1.5 2^52
 };
 
 template <class V>
@@ -67,6 +71,28 @@ inline V vexp(V x) {
   V r = V::fma(n, V::set1(-K::ln2_hi), xc);
   r = V::fma(n, V::set1(-K::ln2_lo), r);
   V e = V::ldexp(exp_poly(r, T{}), n);
+  return V::zero_if_less(x, lowest, e);
+}
+
+// vexp for arguments known to be <= 0 (or NaN): the kernels' x - max(x). n is rounded by the
+// shifter trick fused into the multiply, fma(x, log2e, shifter) - shifter (valid while
+// |x log2e| < 2^22, 2^51 for double; lanes below `lowest` are zeroed anyway): two operations
+// where a multiply and a rounding take three on Intel (round and AVX-512's rndscale are two
+// uops each), and no upper clamp is needed. The lower clamp stays where an out-of-range n
+// cannot be turned into 2^n (!ldexp_any_n). n may differ from vexp's by one where x log2e
+// lies within an ulp of a half-integer; both stay within the bound above.
+template <class V>
+inline V vexp_nonpositive(V x) {
+  using T = typename V::T;
+  using K = ExpConstants<T>;
+  const V lowest = V::set1(K::lowest);
+  V xc = x;
+  if constexpr (!V::ldexp_any_n) xc = V::max(lowest, x);
+  const V shifter = V::set1(K::shifter);
+  const V n = V::fma(xc, V::set1(K::log2e), shifter) - shifter;
+  V r = V::fma(n, V::set1(-K::ln2_hi), xc);
+  r = V::fma(n, V::set1(-K::ln2_lo), r);
+  const V e = V::ldexp(exp_poly(r, T{}), n);
   return V::zero_if_less(x, lowest, e);
 }
 
