@@ -26,7 +26,11 @@ bool has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
 }
 #if defined(FUSEDCE_AVX512_BF16)  // (CMake leaves the level out when the compiler lacks it)
-bool has_avx512_bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+// (VBMI widens bfloat16 in one operation, vec_avx512.h; every CPU with AVX512-BF16 has it
+// but Cooper Lake, which takes the avx512 level)
+bool has_avx512_bf16() {
+  return has_avx512() && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi");
+}
 #endif
 const Level kLevels[] = {
 #if defined(FUSEDCE_AVX512_BF16)

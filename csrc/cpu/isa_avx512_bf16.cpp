@@ -1,6 +1,7 @@
-// The AVX-512 kernels once more, compiled with AVX512-BF16 as well (this file alone adds
-// -mavx512bf16): bfloat16 results are rounded by VCVTNEPS2BF16 (see V32::bits in
-// vec_avx512.h), the same bits with fewer instructions. The level is avx512_bf16.
+// The AVX-512 kernels once more, compiled with AVX512-BF16 and AVX512-VBMI as well (this
+// file alone adds -mavx512bf16 -mavx512vbmi): bfloat16 results are rounded by VCVTNEPS2BF16
+// (see V32::bits in vec_avx512.h) and bfloat16 values widened by VPERMB (V32::from_bits),
+// the same bits with fewer instructions. The level is avx512_bf16.
 #include "cpu/vec_avx512.h"
 #include "cpu/isa_kernels.h"
 

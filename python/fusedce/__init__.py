@@ -77,8 +77,8 @@ def get_num_threads() -> int:
 
 def simd_level() -> str:
     """The instruction set of the CPU kernels in use: "avx512_bf16" (AVX-512 kernels that
-    round bfloat16 results with AVX512-BF16's conversion: the same bits), "avx512", "avx2"
-    or "portable".
+    round bfloat16 results with AVX512-BF16's conversion and widen bfloat16 values with
+    AVX512-VBMI's byte permutation: the same bits), "avx512", "avx2" or "portable".
 
     Examples
     --------
