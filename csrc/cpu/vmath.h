@@ -58,20 +58,25 @@ inline V exp_poly(V r, double) {
   return p;
 }
 
+// 2^n exp(r) with r = xc - n ln2, where xc is x or x clamped and n is xc / ln2 rounded to an
+// integer: the part both versions below share. Lanes of x below `lowest` are zeroed,
+// whatever the arithmetic made of them.
 template <class V>
-inline V vexp(V x) {
+inline V exp_from_n(V x, V xc, V n) {
   using T = typename V::T;
   using K = ExpConstants<T>;
-  const V lowest = V::set1(K::lowest);
-  V xc = x;
-  // AVX-512's scalef builds 2^n for any n; elsewhere n must stay inside the exponent range.
-  // Lanes below `lowest` are zeroed at the end, whatever the arithmetic made of them.
-  if constexpr (!V::ldexp_any_n) xc = V::min(V::set1(K::highest), V::max(lowest, x));
-  V n = V::round_nearest(xc * V::set1(K::log2e));
   V r = V::fma(n, V::set1(-K::ln2_hi), xc);
   r = V::fma(n, V::set1(-K::ln2_lo), r);
-  V e = V::ldexp(exp_poly(r, T{}), n);
-  return V::zero_if_less(x, lowest, e);
+  return V::zero_if_less(x, V::set1(K::lowest), V::ldexp(exp_poly(r, T{}), n));
+}
+
+template <class V>
+inline V vexp(V x) {
+  using K = ExpConstants<typename V::T>;
+  V xc = x;
+  // AVX-512's scalef builds 2^n for any n; elsewhere n must stay inside the exponent range.
+  if constexpr (!V::ldexp_any_n) xc = V::min(V::set1(K::highest), V::max(V::set1(K::lowest), x));
+  return exp_from_n(x, xc, V::round_nearest(xc * V::set1(K::log2e)));
 }
 
 // vexp for arguments known to be <= 0 (or NaN): the kernels' x - max(x). n is rounded by the
@@ -83,17 +88,11 @@ inline V vexp(V x) {
 // lies within an ulp of a half-integer; both stay within the bound above.
 template <class V>
 inline V vexp_nonpositive(V x) {
-  using T = typename V::T;
-  using K = ExpConstants<T>;
-  const V lowest = V::set1(K::lowest);
+  using K = ExpConstants<typename V::T>;
   V xc = x;
-  if constexpr (!V::ldexp_any_n) xc = V::max(lowest, x);
+  if constexpr (!V::ldexp_any_n) xc = V::max(V::set1(K::lowest), x);
   const V shifter = V::set1(K::shifter);
-  const V n = V::fma(xc, V::set1(K::log2e), shifter) - shifter;
-  V r = V::fma(n, V::set1(-K::ln2_hi), xc);
-  r = V::fma(n, V::set1(-K::ln2_lo), r);
-  const V e = V::ldexp(exp_poly(r, T{}), n);
-  return V::zero_if_less(x, lowest, e);
+  return exp_from_n(x, xc, V::fma(xc, V::set1(K::log2e), shifter) - shifter);
 }
 
 // log(x) for positive normal x (the small-class path's sums, which are >= 1); NaN gives NaN.
