@@ -10,17 +10,13 @@
 namespace fusedce::cpu {
 namespace {
 
-template <class V, class X>
+// vexp, or vexp_nonpositive with Nonpositive, over n values (for tests/test_exp.py).
+template <class V, class X, bool Nonpositive>
 void exp_array(const X* x, X* y, int64_t n) {
+  const auto exp = [](auto v) { return Nonpositive ? vexp_nonpositive(v) : vexp(v); };
   int64_t i = 0;
-  for (; i + V::width <= n; i += V::width) vexp(V::load(x + i)).store(y + i);
-  for (; i < n; ++i) y[i] = narrow<X>(vexp(V::Scalar::load(x + i)).v);
-}
-template <class V, class X>
-void exp_nonpositive_array(const X* x, X* y, int64_t n) {
-  int64_t i = 0;
-  for (; i + V::width <= n; i += V::width) vexp_nonpositive(V::load(x + i)).store(y + i);
-  for (; i < n; ++i) y[i] = narrow<X>(vexp_nonpositive(V::Scalar::load(x + i)).v);
+  for (; i + V::width <= n; i += V::width) exp(V::load(x + i)).store(y + i);
+  for (; i < n; ++i) y[i] = narrow<X>(exp(V::Scalar::load(x + i)).v);
 }
 
 // The kernels for rows stored as X, computed with V (float32 vectors for the half types).
@@ -29,7 +25,7 @@ KernelsFor<X> kernels_for() {
   return {softmax_forward_rows<V, X>,  softmax_backward_rows<V, X>,         cross_entropy_forward_rows<V, X>,
           cross_entropy_with_grad_rows<V, X>, cross_entropy_shard_stats_rows<V, X>, nll_forward_rows<V, X>,
           nll_backward_rows<V, X>,     mse_forward_rows<V, X>,              mse_backward_rows<V, X>,
-          exp_array<V, X>,             exp_nonpositive_array<V, X>};
+          exp_array<V, X, false>,      exp_array<V, X, true>};
 }
 
 // (The host helpers are named *_here: the dispatching cpu::sum_as_double / cpu::index_range
