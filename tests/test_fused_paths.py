@@ -107,18 +107,32 @@ def test_large_half_gradient_is_float32_rounded_once(shape, dtype, opts):
         fusedce.set_num_threads(before)
 
 
-# Rows of 601 classes, just over 16 MiB: streamed, each row starting at another offset in its
-# cache line; in place they are not streamed (short rows). float64, float32, bfloat16.
-MEDIUM = [(3500, np.float64), (7000, np.float32), (14000, "bfloat16")]
+# Rows of 601 classes, just over 2 MiB with the threshold at 2 MiB for this test: streamed,
+# each row starting at another offset in its cache line; in place they are not streamed
+# (short rows). float64, float32, bfloat16. (The test runs 48 times, also under the
+# sanitizers in CI: at the suite's 16 MiB it took 8 times as long for the same paths.)
+MEDIUM_THRESHOLD = 2 << 20
+MEDIUM = [(440, np.float64), (880, np.float32), (1750, "bfloat16")]
+
+
+@pytest.fixture
+def medium_threshold():
+    fusedce._core.set_streaming_threshold_bytes(MEDIUM_THRESHOLD)
+    try:
+        yield
+    finally:
+        fusedce._core.set_streaming_threshold_bytes(TEST_STREAMING_BYTES)
 
 
 @pytest.mark.parametrize("rows,dtype", MEDIUM, ids=["float64", "float32", "bfloat16"])
 @pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.05, weight="w"), dict(probs=True),
                                   dict(softcap=20.0, z_loss=1e-4)], ids=["plain", "w-ls", "probs", "cap-z"])
-def test_streamed_partial_lines_match_in_place_at_every_simd_level(simd_level, rows, dtype, opts):
+def test_streamed_partial_lines_match_in_place_at_every_simd_level(simd_level, medium_threshold, rows, dtype,
+                                                                  opts):
     if dtype == "bfloat16":
         dtype = pytest.importorskip("ml_dtypes").bfloat16
     x, t, kw = _case((rows, 601), opts)
+    assert x.astype(dtype).nbytes >= MEDIUM_THRESHOLD  # streamed out=
     x = x.astype(dtype)
     if opts.get("probs"):
         t = t.astype(dtype)
