@@ -3,7 +3,7 @@ while the next row is read (csrc/cpu/cross_entropy.h), the unaligned heads and t
 
 They only run for outputs of at least the streaming threshold (by default 16 MiB with rows
 of 4 KiB or more, the last-level cache with shorter rows; conftest.py sets 16 MiB for every
-test) with rows of at least 512 bytes (in place: rows of at least 1 MiB), so the parity tests'
+test, and most tests here 2 MiB with outputs just over it) with rows of at least 512 bytes (in place: rows of at least 1 MiB), so the parity tests'
 small shapes never reach them (below it, out= asks for the gradient's lines a few rows ahead
 when rows are at most 4 KiB: test_the_same_bits_streamed_or_not). Checked here: the same
 values as the reference, and bit for bit the same values whatever the thread count, the SIMD
@@ -20,10 +20,25 @@ import fusedce
 import fusedce.reference as ref
 from conftest import TEST_STREAMING_BYTES, need
 
-# 1100 x 4100 float32 = 17.2 MiB with 16.4 KiB rows: streamed. 4100 is not a multiple of a
+# The tests below that take the streamed paths set the threshold to 2 MiB (streaming_from_2mib)
+# and use outputs just over it: the same paths as at the suite's 16 MiB, in an eighth of the
+# time (these tests run again under the sanitizers in CI, where they took minutes).
+SMALL_THRESHOLD = 2 << 20
+
+
+@pytest.fixture
+def streaming_from_2mib():
+    fusedce._core.set_streaming_threshold_bytes(SMALL_THRESHOLD)
+    try:
+        yield
+    finally:
+        fusedce._core.set_streaming_threshold_bytes(TEST_STREAMING_BYTES)
+
+
+# 140 x 4100 float32 = 2.2 MiB with 16.4 KiB rows: streamed. 4100 is not a multiple of a
 # vector, so rows start at every alignment; 4096 columns keep every row aligned (pipelined).
 # 17 rows of 1 MiB + 16 bytes: streamed in place too (rows too long to stay in cache).
-SHAPES = [(1100, 4100), (1100, 4096), (17, 262148)]
+SHAPES = [(140, 4100), (140, 4096), (17, 262148)]
 OPTIONS = [dict(), dict(label_smoothing=0.1), dict(weight="w"), dict(label_smoothing=0.05, weight="w"),
            dict(probs=True)]
 
@@ -46,8 +61,9 @@ def _case(shape, opts, seed=0):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(o) or "plain")
-def test_large_fused_gradient_matches_reference_and_is_deterministic(shape, opts):
+def test_large_fused_gradient_matches_reference_and_is_deterministic(streaming_from_2mib, shape, opts):
     x, t, kw = _case(shape, opts)
+    assert x.nbytes >= SMALL_THRESHOLD
     want_loss, want_grad = ref.cross_entropy_with_grad(x, t, reduction="sum", **kw)
     before = fusedce.get_num_threads()
     try:
@@ -71,20 +87,21 @@ def test_large_fused_gradient_matches_reference_and_is_deterministic(shape, opts
         assert other_loss == loss
 
 
-# float16 / bfloat16 rows of 16.4 KiB, 18 MiB in all: streamed, the heads and tails aligned
+# float16 / bfloat16 rows of 16.4 KiB, 2.2 MiB in all: streamed, the heads and tails aligned
 # for 32-byte half stores; and 17 rows of 1 MiB + 16 bytes, streamed in place too. Their
 # results must be the float32 results rounded once.
-HALF_SHAPES = [((1100, 8200), np.float16), ((1100, 8192), "bfloat16"), ((17, 524296), "bfloat16")]
+HALF_SHAPES = [((140, 8200), np.float16), ((140, 8192), "bfloat16"), ((17, 524296), "bfloat16")]
 
 
 @pytest.mark.parametrize("shape,dtype", HALF_SHAPES,
                          ids=["8200-float16", "8192-bfloat16", "524296-bfloat16"])
 @pytest.mark.parametrize("opts", OPTIONS[:3], ids=lambda o: "-".join(o) or "plain")
-def test_large_half_gradient_is_float32_rounded_once(shape, dtype, opts):
+def test_large_half_gradient_is_float32_rounded_once(streaming_from_2mib, shape, dtype, opts):
     if dtype == "bfloat16":
         dtype = pytest.importorskip("ml_dtypes").bfloat16
     x32, t, kw = _case(shape, opts)
     x = x32.astype(dtype)
+    assert x.nbytes >= SMALL_THRESHOLD
     x32 = x.astype(np.float32)  # the half values, exactly
     want_loss, want_grad = fusedce.cross_entropy_with_grad(x32, t, reduction="sum", **kw)
     want_grad = want_grad.astype(dtype)
@@ -107,32 +124,21 @@ def test_large_half_gradient_is_float32_rounded_once(shape, dtype, opts):
         fusedce.set_num_threads(before)
 
 
-# Rows of 601 classes, just over 2 MiB with the threshold at 2 MiB for this test: streamed,
-# each row starting at another offset in its cache line; in place they are not streamed
-# (short rows). float64, float32, bfloat16. (The test runs 48 times, also under the
-# sanitizers in CI: at the suite's 16 MiB it took 8 times as long for the same paths.)
-MEDIUM_THRESHOLD = 2 << 20
+# Rows of 601 classes, just over 2 MiB: streamed (SMALL_THRESHOLD), each row starting at
+# another offset in its cache line; in place they are not streamed (short rows). float64,
+# float32, bfloat16.
 MEDIUM = [(440, np.float64), (880, np.float32), (1750, "bfloat16")]
-
-
-@pytest.fixture
-def medium_threshold():
-    fusedce._core.set_streaming_threshold_bytes(MEDIUM_THRESHOLD)
-    try:
-        yield
-    finally:
-        fusedce._core.set_streaming_threshold_bytes(TEST_STREAMING_BYTES)
 
 
 @pytest.mark.parametrize("rows,dtype", MEDIUM, ids=["float64", "float32", "bfloat16"])
 @pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.05, weight="w"), dict(probs=True),
                                   dict(softcap=20.0, z_loss=1e-4)], ids=["plain", "w-ls", "probs", "cap-z"])
-def test_streamed_partial_lines_match_in_place_at_every_simd_level(simd_level, medium_threshold, rows, dtype,
+def test_streamed_partial_lines_match_in_place_at_every_simd_level(simd_level, streaming_from_2mib, rows, dtype,
                                                                   opts):
     if dtype == "bfloat16":
         dtype = pytest.importorskip("ml_dtypes").bfloat16
     x, t, kw = _case((rows, 601), opts)
-    assert x.astype(dtype).nbytes >= MEDIUM_THRESHOLD  # streamed out=
+    assert x.astype(dtype).nbytes >= SMALL_THRESHOLD  # streamed out=
     x = x.astype(dtype)
     if opts.get("probs"):
         t = t.astype(dtype)
@@ -178,10 +184,11 @@ def test_unvalidated_out_of_range_targets_give_nan_rows(c, tdtype):
         fusedce.cross_entropy(x, t, **kw)
 
 
-@pytest.mark.parametrize("shape", [(1100, 4100), (17, 262148)], ids=["4100", "262148"])
-def test_large_softmax_is_the_same_streamed_or_in_place(shape):
+@pytest.mark.parametrize("shape", [(140, 4100), (17, 262148)], ids=["4100", "262148"])
+def test_large_softmax_is_the_same_streamed_or_in_place(streaming_from_2mib, shape):
     """softmax's large outputs are streamed too (in place only for rows of 1 MiB or more)."""
     x, _, _ = _case(shape, {})
+    assert x.nbytes >= SMALL_THRESHOLD
     want = ref.softmax(x)
     got = fusedce.softmax(x)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-30)
