@@ -3,12 +3,13 @@ while the next row is read (csrc/cpu/cross_entropy.h), the unaligned heads and t
 
 They only run for outputs of at least the streaming threshold (by default 16 MiB with rows
 of 4 KiB or more, the last-level cache with shorter rows; conftest.py sets 16 MiB for every
-test, and most tests here 2 MiB with outputs just over it) with rows of at least 512 bytes (in place: rows of at least 1 MiB), so the parity tests'
-small shapes never reach them (below it, out= asks for the gradient's lines a few rows ahead
-when rows are at most 4 KiB: test_the_same_bits_streamed_or_not). Checked here: the same
-values as the reference, and bit for bit the same values whatever the thread count, the SIMD
-alignment of the output, or whether the gradient goes to out= or over the logits. Streamed, a
-row's whole cache lines take streaming stores and the partial lines at its ends plain ones.
+test, and most tests here 2 MiB with outputs just over it) with rows of at least 512 bytes
+(in place: rows of at least 1 MiB), so the parity tests' small shapes never reach them
+(below it, out= asks for the gradient's lines a few rows ahead when rows are at most 4 KiB:
+test_the_same_bits_streamed_or_not). Checked here: the same values as the reference, and bit
+for bit the same values whatever the thread count, the SIMD alignment of the output, or
+whether the gradient goes to out= or over the logits. Streamed, a row's whole cache lines
+take streaming stores and the partial lines at its ends plain ones.
 """
 
 import os
@@ -133,8 +134,8 @@ MEDIUM = [(440, np.float64), (880, np.float32), (1750, "bfloat16")]
 @pytest.mark.parametrize("rows,dtype", MEDIUM, ids=["float64", "float32", "bfloat16"])
 @pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.05, weight="w"), dict(probs=True),
                                   dict(softcap=20.0, z_loss=1e-4)], ids=["plain", "w-ls", "probs", "cap-z"])
-def test_streamed_partial_lines_match_in_place_at_every_simd_level(simd_level, streaming_from_2mib, rows, dtype,
-                                                                  opts):
+def test_streamed_partial_lines_match_in_place_at_every_simd_level(simd_level, streaming_from_2mib, rows,
+                                                                  dtype, opts):
     if dtype == "bfloat16":
         dtype = pytest.importorskip("ml_dtypes").bfloat16
     x, t, kw = _case((rows, 601), opts)
