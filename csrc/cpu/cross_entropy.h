@@ -363,7 +363,8 @@ constexpr int64_t kWriteAheadRowBytes = kLongRowBytes;  // (longer rows stream f
 // sweep 2 rescales that (still in cache) into the gradient and subtracts the target terms,
 // so the gradient row is written once. For large outputs the gradient is streamed, and
 // sweep 2 of each row runs inside sweep 1 of the next (PendingGradient in rowwise.h), so
-// that its stores drain to memory while the next row's exps are computed. With
+// that its stores drain to memory while the next row's exps are computed; on rows of several
+// chunks, the pending row's last chunks first (mirrored_chunk in rowwise.h). With
 // stats.lse_is_input (a backward given the forward's lse), a single sweep suffices.
 template <class V, class X = typename V::T, class T = typename V::T>
 void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, const LossOptions& opt,

@@ -535,6 +535,16 @@ void cap_logits(const X* x, int64_t n, T softcap, T* out) {
   for (; i < n; ++i) out[i] = softcap * vtanh(S{widen(x[i]) * (T(1) / softcap)}).v;
 }
 
+// The chunk of the pending row that a sweep's chunk `chunk` carries: the row's whole chunks
+// in reverse order, and a last, shorter chunk itself. The pending row's exps were written in
+// order, so its last chunks, written last, are read first: on a long row they are still in
+// L2, where in order every chunk had left it (a row and its scratch row of exps both pass
+// through L2 between a chunk's write and its read).
+inline int64_t mirrored_chunk(int64_t chunk, int64_t cols, int64_t len) {
+  const int64_t whole = cols / len;
+  return chunk < whole ? whole - 1 - chunk : chunk;
+}
+
 // The online sweep described at the top of this file. With Dot it also accumulates
 // sum u_c x_c and sum u_c (label smoothing, probability targets). With Store it writes
 // exp(x - running max) to e (which may alias x) and each chunk's running max to chunk_max.
@@ -583,15 +593,19 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
       max_chunk_start = c0;
       if (search_now) s.argmax = c0 + first_index_of(src, n, cm);
     }
-    const T ps = Carry ? pending->chunk_scale(chunk) : T(0);
+    // The pending row's chunks go in the mirrored order (see mirrored_chunk); the carried
+    // chunk has this one's length.
+    const int64_t carried = Carry ? mirrored_chunk(chunk, cols, len) : chunk;
+    const int64_t cc0 = carried * len;
+    const T ps = Carry ? pending->chunk_scale(carried) : T(0);
     // Store the exps, unless e holds the capped logits (Cap), which the gradient sweep reads.
     constexpr bool StoreExps = Store && !Cap;
     if (s.max == neg_inf<T>()) {  // every value so far is -inf: each contributes exp(-inf) = 0
       if constexpr (StoreExps) fill(e + c0, n, T(0));
-      if constexpr (Carry) finish_range<V, HasQ, HasW, CarryStream, Cap>(*pending, c0, c0 + n, ps);
+      if constexpr (Carry) finish_range<V, HasQ, HasW, CarryStream, Cap>(*pending, cc0, cc0 + n, ps);
     } else {
       s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap, CarryStream>(src, n, s.max, e + (StoreExps ? c0 : 0),
-                                                             x + c0 + len, pending, c0, ps,
+                                                             x + c0 + len, pending, cc0, ps,
                                                              write_ahead ? write_ahead + c0 : nullptr);
     }
     if constexpr (Store) chunk_max[chunk] = s.max;
