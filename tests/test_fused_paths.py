@@ -88,6 +88,50 @@ def test_large_fused_gradient_matches_reference_and_is_deterministic(streaming_f
         assert other_loss == loss
 
 
+# Rows of at least 768 KiB of float32 share one scratch row with the row before them
+# (kSharedScratchRowBytes), whose chunks they overwrite in mirrored order: the layout of a
+# row's exps alternates from row to row. 196613 classes: just over the threshold, and not a
+# whole number of chunks or vectors.
+LONG = (196613, 262148)
+
+
+@pytest.mark.parametrize("c", LONG)
+@pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.05, weight="w"), dict(probs=True),
+                                  dict(softcap=20.0, z_loss=1e-4)], ids=["plain", "w-ls", "probs", "cap-z"])
+def test_long_rows_give_the_bits_of_each_row_alone(streaming_from_2mib, c, opts):
+    """Each row of a batch of long rows (pipelined, one shared scratch row) gets the bits it
+    gets alone (no row before it), streamed out= or not, and in place."""
+    x, t, kw = _case((6, c), opts, seed=4)
+    if not opts.get("probs"):
+        t[4] = -100  # an ignored row between pipelined ones
+        if "label_smoothing" not in kw:  # (smoothing over -inf logits gives an infinite loss)
+            x[2, :5000] = -np.inf  # a first chunk of -inf only: its exps are zeros
+            t[2] = 6000
+    alone = [fusedce.cross_entropy_with_grad(x[i:i + 1], t[i:i + 1], reduction="none", **kw) for i in range(6)]
+    want_loss = np.concatenate([loss for loss, _ in alone])
+    want_grad = np.concatenate([grad for _, grad in alone])
+    assert np.isfinite(want_loss).all() and np.isfinite(want_grad).all()
+    results = []
+    before = fusedce.get_num_threads()
+    try:
+        fusedce.set_num_threads(1)  # (two threads may take a row each: nothing pipelined)
+        for threshold in (1 << 50, SMALL_THRESHOLD):  # out= not streamed, then streamed
+            fusedce._core.set_streaming_threshold_bytes(threshold)
+            out = np.full_like(x, np.nan)
+            results.append(("out=", fusedce.cross_entropy_with_grad(x, t, reduction="none", out=out, **kw)))
+        results.append(("in place", fusedce.cross_entropy_with_grad(x.copy(), t, reduction="none", inplace=True,
+                                                                     **kw)))
+    finally:
+        fusedce._core.set_streaming_threshold_bytes(SMALL_THRESHOLD)
+        fusedce.set_num_threads(before)
+    for what, (loss, grad) in results:
+        assert loss.tobytes() == want_loss.tobytes(), what
+        assert grad.tobytes() == want_grad.tobytes(), what
+    ref_loss, ref_grad = ref.cross_entropy_with_grad(x, t, reduction="none", **kw)
+    np.testing.assert_allclose(want_loss, ref_loss, rtol=2e-5)
+    np.testing.assert_allclose(want_grad, ref_grad, rtol=2e-5, atol=2e-7)
+
+
 # float16 / bfloat16 rows of 16.4 KiB, 2.2 MiB in all: streamed, the heads and tails aligned
 # for 32-byte half stores; and 17 rows of 1 MiB + 16 bytes, streamed in place too. Their
 # results must be the float32 results rounded once.

@@ -208,6 +208,7 @@ struct PendingGradient {
                                  // line afterwards would wait for memory)
   T inv_cap = 0;                 // 1 / softcap, when e holds capped logits (Cap)
   T inv_sum = 0;                 // 1 / sum of exps, for a row of one chunk (else 0)
+  bool reversed = false;         // e holds the whole chunks in reverse order (SharedSlots)
 
   // The factor that turns chunk's stored exps into scale * p: exp(chunk max - lse), which
   // for a row of one chunk is 1 / sum (no exp call per row, and exact to an ulp, where
@@ -236,7 +237,23 @@ struct PendingGradient {
     c.hot_value = hot_value;
     c.inv_cap = inv_cap;
     c.inv_sum = inv_sum;
+    c.reversed = reversed;
     return c;
+  }
+
+  // The classes from c0 on as a row of their own, whose exps (or capped logits) are at
+  // `exps`, chunk `chunk` being the first: one chunk of a row whose chunks are not in order
+  // in e (SharedSlots).
+  PendingGradient from_class(int64_t c0, int64_t chunk, const T* exps) const {
+    PendingGradient v = loop_copy();
+    v.d = d + c0;
+    v.e = exps;
+    v.chunk_max = chunk_max + chunk;
+    if (k.q) v.k.q = k.q + c0;
+    if (k.w) v.k.w = k.w + c0;
+    v.hot = hot - c0;  // (negative: no class of the view; -1 stays below 0 too)
+    v.reversed = false;
+    return v;
   }
 };
 
@@ -545,6 +562,24 @@ inline int64_t mirrored_chunk(int64_t chunk, int64_t cols, int64_t len) {
   return chunk < whole ? whole - 1 - chunk : chunk;
 }
 
+// One scratch row for a row of several chunks and its pending row, instead of one each: the
+// sweep's chunk j takes the room (slot) of the pending row's chunk that it carries, the chunk
+// mirrored_chunk(j), whose lines the carry has just read. Each row's exps then find their
+// lines in L1, where a second row's lines would have had to come from L3, and half as much
+// scratch passes through L2, so that more of it is still there when read. The new exps are
+// made in `stage` (a chunk's room, in L1) and copied into the slot once the carry has read
+// it. Since mirrored_chunk is its own inverse, the slots simply run forwards and backwards
+// on alternate rows (`reversed`: chunk j at slot mirrored_chunk(j)).
+template <class T>
+struct SharedSlots {
+  T* stage = nullptr;  // null: nothing shared, chunk j at slot j
+  bool reversed = false;
+};
+
+inline int64_t slot_of(int64_t chunk, int64_t cols, int64_t len, bool reversed) {
+  return reversed ? mirrored_chunk(chunk, cols, len) : chunk;
+}
+
 // The online sweep described at the top of this file. With Dot it also accumulates
 // sum u_c x_c and sum u_c (label smoothing, probability targets). With Store it writes
 // exp(x - running max) to e (which may alias x) and each chunk's running max to chunk_max.
@@ -553,13 +588,16 @@ inline int64_t mirrored_chunk(int64_t chunk, int64_t cols, int64_t len) {
 // With Cap every sweep sees softcap * tanh(x / softcap) instead of x: each chunk is capped
 // into e first (with Store, e is a row and keeps the capped row; without, e is a buffer of
 // kChunk values reused by every chunk), and argmax is that of x as given.
+// `slots` (with Store and Carry) lays the row out in e over the pending row's exps, one
+// chunk's slot at a time (SharedSlots).
 template <class V, bool Store, bool Dot, bool HasQ, bool HasW, bool Carry = false, bool Cap = false,
           bool CarryStream = true, class X, class T = typename V::T>
 RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T, NoDeduce<X>>& k,
                             NoDeduce<T>* e, NoDeduce<T>* chunk_max, bool want_argmax = false,
                             const PendingGradient<NoDeduce<T>, NoDeduce<X>>* pending = nullptr,
                             NoDeduce<T> softcap = 0, bool want_lse = true,
-                            const NoDeduce<X>* write_ahead = nullptr) {
+                            const NoDeduce<X>* write_ahead = nullptr,
+                            SharedSlots<NoDeduce<T>> slots = {}) {
   RowSummary<T> s;
   // without Store no chunk maxima are kept, so Cap's buffer can fix the chunk length
   const int64_t len = Cap && !Store ? kChunk : chunk_length(cols);
@@ -572,9 +610,12 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
   for (int64_t c0 = 0, chunk = 0; c0 < cols; c0 += len, ++chunk) {
     const int64_t n = min_i64(len, cols - c0);
     using Src = std::conditional_t<Cap, T, X>;  // what the sweeps read: x, or its capped copy
+    // where this chunk's exps (or capped logits) stay, and where they are made (SharedSlots)
+    T* const e_slot = Store ? e + slot_of(chunk, cols, len, slots.reversed) * len : e;
+    T* const e_chunk = slots.stage ? slots.stage : e_slot;
     const Src* src;
     if constexpr (Cap) {
-      T* capped = Store ? e + c0 : e;
+      T* capped = e_chunk;
       cap_logits<V>(x + c0, n, softcap, capped);
       src = capped;
     } else {
@@ -596,18 +637,30 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
     // The pending row's chunks go in the mirrored order (see mirrored_chunk); the carried
     // chunk has this one's length.
     const int64_t carried = Carry ? mirrored_chunk(chunk, cols, len) : chunk;
-    const int64_t cc0 = carried * len;
     const T ps = Carry ? pending->chunk_scale(carried) : T(0);
+    // The carried chunk: at its offset in the pending row, or, with shared slots, as a row of
+    // its own whose exps are in this chunk's slot.
+    const PendingGradient<T, X>* carry = pending;
+    int64_t carry_c0 = carried * len;
+    PendingGradient<T, X> view;
+    if constexpr (Carry) {
+      if (slots.stage) {
+        view = pending->from_class(carry_c0, carried, e_slot);
+        carry = &view;
+        carry_c0 = 0;
+      }
+    }
     // Store the exps, unless e holds the capped logits (Cap), which the gradient sweep reads.
     constexpr bool StoreExps = Store && !Cap;
     if (s.max == neg_inf<T>()) {  // every value so far is -inf: each contributes exp(-inf) = 0
-      if constexpr (StoreExps) fill(e + c0, n, T(0));
-      if constexpr (Carry) finish_range<V, HasQ, HasW, CarryStream, Cap>(*pending, cc0, cc0 + n, ps);
+      if constexpr (StoreExps) fill(e_chunk, n, T(0));
+      if constexpr (Carry) finish_range<V, HasQ, HasW, CarryStream, Cap>(*carry, carry_c0, carry_c0 + n, ps);
     } else {
-      s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap, CarryStream>(src, n, s.max, e + (StoreExps ? c0 : 0),
-                                                             x + c0 + len, pending, cc0, ps,
+      s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap, CarryStream>(src, n, s.max, e_chunk,
+                                                             x + c0 + len, carry, carry_c0, ps,
                                                              write_ahead ? write_ahead + c0 : nullptr);
     }
+    if (slots.stage) std::memcpy(e_slot, e_chunk, static_cast<std::size_t>(n) * sizeof(T));
     if constexpr (Store) chunk_max[chunk] = s.max;
   }
   // lse = max + log(sum), unless the caller takes the logs of a block of rows at once
@@ -679,7 +732,13 @@ void finish_from_exps(const PendingGradient<T, X>& p, int64_t cols, const NoDedu
     if (next)
       for (int64_t c = c0; c < end; c += 64 / static_cast<int64_t>(sizeof(X)))
         __builtin_prefetch(next + c, 0, 2);
-    finish_range<V, HasQ, HasW, Stream, Cap>(p, c0, end, Cap ? T(0) : p.chunk_scale(chunk));
+    const T s = Cap ? T(0) : p.chunk_scale(chunk);
+    if (p.reversed) {
+      const PendingGradient<T, X> view = p.from_class(c0, chunk, p.e + mirrored_chunk(chunk, cols, len) * len);
+      finish_range<V, HasQ, HasW, Stream, Cap>(view, 0, end - c0, s);
+    } else {
+      finish_range<V, HasQ, HasW, Stream, Cap>(p, c0, end, s);
+    }
   }
 }
 
