@@ -368,6 +368,15 @@ constexpr int64_t kWriteAheadRowBytes = kLongRowBytes;  // (longer rows stream f
 // 11.9 / 11.1; 512x262144 1.43x / 1.26x a copy, 64x1000000 1.62x / 1.38x.
 constexpr int64_t kSharedScratchRowBytes = int64_t(768) << 10;
 
+// In place, a long row's gradient is streamed (stream_result in rowwise.h), but the first
+// chunks carried are the row's last ones (mirrored_chunk), read lately: their lines are
+// still in L2, where a plain store finds them and a streaming store would first have to
+// evict them. So the carried chunks that cover the first kPlainCarriedBytes of the row take
+// plain stores. Intel Xeon VM, float32 in place / a streamed copy, medians of alternated
+// processes, streamed throughout against plain for the first 512 KiB: 512x262144 1.62x /
+// 1.42x, 64x1000000 1.59x / 1.51x (plain for 256 KiB: 1.49x, 768 KiB: 1.60x).
+constexpr int64_t kPlainCarriedBytes = int64_t(512) << 10;
+
 // Loss and gradient. Sweep 1 reads the row and leaves exp(x - running max) in a scratch row;
 // sweep 2 rescales that (still in cache) into the gradient and subtracts the target terms,
 // so the gradient row is written once. For large outputs the gradient is streamed, and
@@ -396,6 +405,9 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
   // Streaming stores for large outputs; in place only for rows too long to stay in cache.
   const bool stream = scratch && stream_result<X>(logits, dx);
   const bool argmax = stats.argmax != 0;
+  const int64_t plain_chunks = stream && dx.data == logits.data && shared
+                                   ? kPlainCarriedBytes / (chunk_length(C) * static_cast<int64_t>(sizeof(X)))
+                                   : 0;
   // out= with plain stores: the gradient's lines are asked for ahead (kWriteAheadRows)
   const bool write_ahead =
       !stream && dx.data != logits.data && C * static_cast<int64_t>(sizeof(X)) <= kWriteAheadRowBytes;
@@ -467,7 +479,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
           with_flag(stream, [&](auto streamed) {
             s = summarise_row<V, true, Dot, HasQ, HasW, Carry, Cap, decltype(streamed)::value>(
                 row.x, C, row.k, e, chunk_max[cur], argmax, Carry ? pending : nullptr, ce.cap,
-                !defer_lse, ahead_row, slots);
+                !defer_lse, ahead_row, slots, plain_chunks);
           });
         });
         have_pending = false;

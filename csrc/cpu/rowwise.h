@@ -589,7 +589,8 @@ inline int64_t slot_of(int64_t chunk, int64_t cols, int64_t len, bool reversed) 
 // into e first (with Store, e is a row and keeps the capped row; without, e is a buffer of
 // kChunk values reused by every chunk), and argmax is that of x as given.
 // `slots` (with Store and Carry) lays the row out in e over the pending row's exps, one
-// chunk's slot at a time (SharedSlots).
+// chunk's slot at a time (SharedSlots). With CarryStream, the first `plain_chunks` chunks
+// carried take plain stores instead (in place, see kPlainCarriedBytes in cross_entropy.h).
 template <class V, bool Store, bool Dot, bool HasQ, bool HasW, bool Carry = false, bool Cap = false,
           bool CarryStream = true, class X, class T = typename V::T>
 RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T, NoDeduce<X>>& k,
@@ -597,7 +598,7 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
                             const PendingGradient<NoDeduce<T>, NoDeduce<X>>* pending = nullptr,
                             NoDeduce<T> softcap = 0, bool want_lse = true,
                             const NoDeduce<X>* write_ahead = nullptr,
-                            SharedSlots<NoDeduce<T>> slots = {}) {
+                            SharedSlots<NoDeduce<T>> slots = {}, int64_t plain_chunks = 0) {
   RowSummary<T> s;
   // without Store no chunk maxima are kept, so Cap's buffer can fix the chunk length
   const int64_t len = Cap && !Store ? kChunk : chunk_length(cols);
@@ -656,9 +657,14 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
       if constexpr (StoreExps) fill(e_chunk, n, T(0));
       if constexpr (Carry) finish_range<V, HasQ, HasW, CarryStream, Cap>(*carry, carry_c0, carry_c0 + n, ps);
     } else {
-      s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap, CarryStream>(src, n, s.max, e_chunk,
-                                                             x + c0 + len, carry, carry_c0, ps,
-                                                             write_ahead ? write_ahead + c0 : nullptr);
+      const X* const ahead = x + c0 + len;
+      const X* const wa = write_ahead ? write_ahead + c0 : nullptr;
+      if (CarryStream && Carry && chunk < plain_chunks)
+        s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap, false>(src, n, s.max, e_chunk, ahead, carry,
+                                                                      carry_c0, ps, wa);
+      else
+        s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap, CarryStream>(src, n, s.max, e_chunk, ahead, carry,
+                                                                            carry_c0, ps, wa);
     }
     if (slots.stage) std::memcpy(e_slot, e_chunk, static_cast<std::size_t>(n) * sizeof(T));
     if constexpr (Store) chunk_max[chunk] = s.max;
