@@ -562,14 +562,15 @@ inline int64_t mirrored_chunk(int64_t chunk, int64_t cols, int64_t len) {
   return chunk < whole ? whole - 1 - chunk : chunk;
 }
 
-// One scratch row for a row of several chunks and its pending row, instead of one each: the
-// sweep's chunk j takes the room (slot) of the pending row's chunk that it carries, the chunk
-// mirrored_chunk(j), whose lines the carry has just read. Each row's exps then find their
-// lines in L1, where a second row's lines would have had to come from L3, and half as much
-// scratch passes through L2, so that more of it is still there when read. The new exps are
-// made in `stage` (a chunk's room, in L1) and copied into the slot once the carry has read
-// it. Since mirrored_chunk is its own inverse, the slots simply run forwards and backwards
-// on alternate rows (`reversed`: chunk j at slot mirrored_chunk(j)).
+// One scratch row for a long row (kSharedScratchRowBytes in cross_entropy.h) and its
+// pending row, instead of one each: the sweep's chunk j takes the room (slot) of the pending
+// row's chunk that it carries, the chunk mirrored_chunk(j), whose lines the carry has just
+// read. Each row's exps then find their lines in L1, where a second row's lines would have
+// had to come from L3, and half as much scratch passes through L2, so that more of it is
+// still there when read. The new exps are made in `stage` (a chunk's room, in L1) and
+// copied into the slot once the carry has read it. Since mirrored_chunk is its own inverse,
+// the slots simply run forwards and backwards on alternate rows (`reversed`: chunk j at
+// slot mirrored_chunk(j)).
 template <class T>
 struct SharedSlots {
   T* stage = nullptr;  // null: nothing shared, chunk j at slot j
