@@ -741,7 +741,7 @@ void finish_from_exps(const PendingGradient<T, X>& p, int64_t cols, const NoDedu
         __builtin_prefetch(next + c, 0, 2);
     const T s = Cap ? T(0) : p.chunk_scale(chunk);
     if (p.reversed) {
-      const PendingGradient<T, X> view = p.from_class(c0, chunk, p.e + mirrored_chunk(chunk, cols, len) * len);
+      const PendingGradient<T, X> view = p.from_class(c0, chunk, p.e + slot_of(chunk, cols, len, true) * len);
       finish_range<V, HasQ, HasW, Stream, Cap>(view, 0, end - c0, s);
     } else {
       finish_range<V, HasQ, HasW, Stream, Cap>(p, c0, end, s);
