@@ -395,9 +395,10 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
   // shared by both and a chunk's room to make the exps in (kSharedScratchRowBytes); without
   // scratch memory the exps go to the gradient row itself and nothing is pipelined, or, when
   // that row is too narrow to hold them (half types), lse is found first: two reads of the row.
-  const bool one_chunk = chunk_length(C) >= C;  // (PendingGradient::chunk_scale)
+  const int64_t len = chunk_length(C);
+  const bool one_chunk = len >= C;  // (PendingGradient::chunk_scale)
   const bool shared = C * static_cast<int64_t>(sizeof(T)) >= kSharedScratchRowBytes;
-  const int64_t scratch_size = shared ? C + chunk_length(C) : 2 * C;
+  const int64_t scratch_size = shared ? C + len : 2 * C;
   T* scratch = static_cast<T*>(thread_scratch(static_cast<std::size_t>(scratch_size) * sizeof(T)));
   T* const stage = scratch && shared ? scratch + C : nullptr;
   constexpr bool narrower = !std::is_same_v<X, T>;
@@ -406,7 +407,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
   const bool stream = scratch && stream_result<X>(logits, dx);
   const bool argmax = stats.argmax != 0;
   const int64_t plain_chunks = stream && dx.data == logits.data && shared
-                                   ? kPlainCarriedBytes / (chunk_length(C) * static_cast<int64_t>(sizeof(X)))
+                                   ? kPlainCarriedBytes / (len * static_cast<int64_t>(sizeof(X)))
                                    : 0;
   // out= with plain stores: the gradient's lines are asked for ahead (kWriteAheadRows)
   const bool write_ahead =
