@@ -63,12 +63,6 @@ struct PlacedBuffer {
   ~PlacedBuffer() { std::free(base); }
 };
 
-template <class X>
-X from_float(float v) {
-  if constexpr (std::is_same_v<X, float>) return v;
-  else return narrow<X>(v);
-}
-
 // Copies by 64-byte streaming stores (the output's lines are not read first), or a read
 // alone; both need the buffers on a cache line (OFF a multiple of 64).
 void streamed_copy(const void* from, void* to, int64_t bytes) {
@@ -103,7 +97,7 @@ void measure(int64_t N, int64_t C, const char* modes) {
   std::mt19937 gen(0);
   std::normal_distribution<float> normal(0, 3);
   std::uniform_int_distribution<int64_t> cls(0, C - 1);
-  for (int64_t i = 0; i < N * C; ++i) x.data[i] = from_float<X>(normal(gen));
+  for (int64_t i = 0; i < N * C; ++i) x.data[i] = narrow<X>(normal(gen));
   for (auto& t : target) t = cls(gen);
   std::memcpy(d.data, x.data, N * C * sizeof(X));  // touched
   const DType dtype = std::is_same_v<X, float> ? DType::Float32 : DType::BFloat16;
