@@ -268,14 +268,14 @@ def _llc_bytes():
 
 def test_streaming_thresholds_follow_the_rows_and_the_last_level_cache():
     core = fusedce._core
-    assert core.streaming_threshold_bytes(4096) == TEST_STREAMING_BYTES  # (set by conftest.py)
+    assert core.streaming_threshold_bytes(2048) == TEST_STREAMING_BYTES  # (set by conftest.py)
     assert core.streaming_threshold_bytes(512) == TEST_STREAMING_BYTES
     try:
         core.set_streaming_threshold_bytes(0)  # the default
         llc = max(16 << 20, _llc_bytes())
         assert core.short_row_streaming_threshold_bytes() == llc
-        assert core.streaming_threshold_bytes(4095) == llc
-        assert core.streaming_threshold_bytes(4096) == 16 << 20
+        assert core.streaming_threshold_bytes(2047) == llc
+        assert core.streaming_threshold_bytes(2048) == 16 << 20
         assert core.streaming_threshold_bytes(1 << 20) == 16 << 20
         core.set_streaming_threshold_bytes(12345)
         assert core.streaming_threshold_bytes(512) == core.streaming_threshold_bytes(8192) == 12345

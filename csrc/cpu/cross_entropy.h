@@ -357,7 +357,7 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
 // 32768x600 635-696 -> 552-612; 65536x128, 65536x256, 8192x1024, 32768x100 unchanged. The
 // burst waited for free fill buffers (perf put 40% of the row loop's own samples on it).
 constexpr int64_t kWriteAheadRows = 8;
-constexpr int64_t kWriteAheadRowBytes = kLongRowBytes;  // (longer rows stream from 16 MiB)
+constexpr int64_t kWriteAheadRowBytes = 4096;
 
 // Rows whose scratch row is at least this long share one scratch row with the pending row
 // (SharedSlots in rowwise.h): two of them and the row being read no longer fit in a 2 MiB
@@ -433,6 +433,10 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
     for (int64_t r = r0; r < r1; ++r) {
       const X* ahead_row =
           write_ahead && r + kWriteAheadRows < r1 ? row_ptr<X>(dx, r + kWriteAheadRows) : nullptr;
+      // a streamed row of one chunk: its edge lines, kWriteAheadRows ahead (sum_exp asks for a
+      // chunk's own only as it begins: too late for a short row)
+      if (stream && one_chunk && r + kWriteAheadRows < r1)
+        prefetch_edge_lines(row_ptr<X>(dx, r + kWriteAheadRows), C);
       const CeRow<T, X> row = ce.template row<typename V::Scalar>(r, &dx);
       if (row.ignored() && (!stats.lse || stats.lse_is_input) && !argmax) {  // loss 0, grad 0
         if (ahead_row) prefetch_rows_for_write(ahead_row, dx.row_stride, C, 1);

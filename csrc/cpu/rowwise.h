@@ -441,6 +441,19 @@ inline void prefetch_rows_for_write(const X* d, int64_t stride, int64_t C, int r
   }
 }
 
+// Asks for the first and last lines of the n values at d, about to be written, when they
+// are shared with the values next to them (d + n and d - 1 not on a line boundary). In a
+// streamed range those lines take plain stores (WholeLines), and a plain store to a line not
+// in cache waits for it: the stores behind it, streaming ones included, wait in order, and
+// the store buffer fills. Intel Xeon VM, float32 out= streamed, one thread, NumPy's 16-byte
+// offset, time / a copy, medians of alternated processes without and with: 32768x600
+// 1.75x -> 1.41x, 16384x2000 1.47x -> 1.35x.
+template <class X>
+inline void prefetch_edge_lines(const X* d, int64_t n) {
+  if (reinterpret_cast<std::uintptr_t>(d) % kLineBytes != 0) __builtin_prefetch(d, 1, 3);
+  if (reinterpret_cast<std::uintptr_t>(d + n) % kLineBytes != 0) __builtin_prefetch(d + n - 1, 1, 3);
+}
+
 // sum_i exp(x_i - m) over a chunk, also writing each exp to e[i] when Store (e may alias x).
 // `ahead` (may be null) is prefetched at the same pace: the kernels pass the next chunk, so
 // that memory is read while this loop computes (a compute-bound loop issues no misses of its

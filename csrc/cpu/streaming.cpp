@@ -60,7 +60,7 @@ int64_t short_row_streaming_threshold_bytes() {
 int64_t streaming_threshold_bytes(int64_t row_bytes) {
   const int64_t set = chosen().load(std::memory_order_relaxed);
   if (set > 0) return set;
-  return row_bytes >= kLongRowBytes ? kMinimum : short_row_streaming_threshold_bytes();
+  return row_bytes >= kStreamedRowBytes ? kMinimum : short_row_streaming_threshold_bytes();
 }
 
 void set_streaming_threshold_bytes(int64_t bytes) {

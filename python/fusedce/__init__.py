@@ -154,8 +154,8 @@ def show_config(print_it: bool = True) -> str | None:
         f"  machine:      {_platform.machine()}, {_os.cpu_count()} logical CPUs",
         f"  simd:         {simd_level()} (available: {', '.join(available_simd_levels())})",
         f"  threads:      {get_num_threads()}",
-        f"  streaming:    outputs from {_core.streaming_threshold_bytes(4096) / 2**20:.0f} MiB "
-        f"(rows of 4 KiB or more), {_core.streaming_threshold_bytes(512) / 2**20:.0f} MiB "
+        f"  streaming:    outputs from {_core.streaming_threshold_bytes(2048) / 2**20:.0f} MiB "
+        f"(rows of 2 KiB or more), {_core.streaming_threshold_bytes(512) / 2**20:.0f} MiB "
         "(shorter rows: the last-level cache)",
         f"  cuda:         {'yes' if cuda_available() else 'no'} "
         f"(build: {_core.cuda_build_info()}, devices: {_core.cuda_device_count()})",
