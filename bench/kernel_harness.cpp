@@ -63,8 +63,8 @@ struct PlacedBuffer {
   ~PlacedBuffer() { std::free(base); }
 };
 
-// Copies by 64-byte streaming stores (the output's lines are not read first), or a read
-// alone; both need the buffers on a cache line (OFF a multiple of 64).
+// Copies by 64-byte streaming stores (the output's lines are not read first); needs the
+// buffers on a cache line (OFF a multiple of 64).
 void streamed_copy(const void* from, void* to, int64_t bytes) {
 #ifdef HARNESS_AVX2
   for (int64_t i = 0; i + 32 <= bytes; i += 32)
@@ -91,6 +91,10 @@ float read_max(const float* x, int64_t n) {
 template <class X>
 void measure(int64_t N, int64_t C, const char* modes) {
   const int64_t offset = std::getenv("OFF") ? std::atoll(std::getenv("OFF")) : 0;
+  if (std::strchr(modes, '7') && offset % 64 != 0) {  // (it used to crash)
+    std::fprintf(stderr, "mode 7 needs OFF a multiple of 64 (OFF=%lld)\n", static_cast<long long>(offset));
+    std::exit(2);
+  }
   PlacedBuffer<X> x(N * C, offset), d(N * C, offset);
   std::vector<float> loss(N);
   std::vector<int64_t> target(N);
