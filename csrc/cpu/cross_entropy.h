@@ -433,8 +433,8 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
     for (int64_t r = r0; r < r1; ++r) {
       const X* ahead_row =
           write_ahead && r + kWriteAheadRows < r1 ? row_ptr<X>(dx, r + kWriteAheadRows) : nullptr;
-      // a streamed row of one chunk: its edge lines, kWriteAheadRows ahead (sum_exp asks for a
-      // chunk's own only as it begins: too late for a short row)
+      // a streamed row of one chunk: the lines it shares with its neighbours, kWriteAheadRows
+      // ahead (prefetch_edge_lines; on rows of several chunks it made no measurable difference)
       if (stream && one_chunk && r + kWriteAheadRows < r1)
         prefetch_edge_lines(row_ptr<X>(dx, r + kWriteAheadRows), C);
       const CeRow<T, X> row = ce.template row<typename V::Scalar>(r, &dx);

@@ -442,7 +442,7 @@ inline void prefetch_rows_for_write(const X* d, int64_t stride, int64_t C, int r
 }
 
 // Asks for the first and last lines of the n values at d, about to be written, when they
-// are shared with the values next to them (d + n and d - 1 not on a line boundary). In a
+// are shared with the values next to them (d, resp. d + n, not on a line boundary). In a
 // streamed range those lines take plain stores (WholeLines), and a plain store to a line not
 // in cache waits for it: the stores behind it, streaming ones included, wait in order, and
 // the store buffer fills. Intel Xeon VM, float32 out= streamed, one thread, NumPy's 16-byte
