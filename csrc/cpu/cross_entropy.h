@@ -433,10 +433,10 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
     for (int64_t r = r0; r < r1; ++r) {
       const X* ahead_row =
           write_ahead && r + kWriteAheadRows < r1 ? row_ptr<X>(dx, r + kWriteAheadRows) : nullptr;
-      // a streamed row of one chunk: the lines it shares with its neighbours, kWriteAheadRows
+      // a streamed row of one chunk: the lines it shares with its neighbours, kEdgeAheadRows
       // ahead (prefetch_edge_lines; on rows of several chunks it made no measurable difference)
-      if (stream && one_chunk && r + kWriteAheadRows < r1)
-        prefetch_edge_lines(row_ptr<X>(dx, r + kWriteAheadRows), C);
+      if (stream && one_chunk && r + kEdgeAheadRows < r1)
+        prefetch_edge_lines(row_ptr<X>(dx, r + kEdgeAheadRows), C);
       const CeRow<T, X> row = ce.template row<typename V::Scalar>(r, &dx);
       if (row.ignored() && (!stats.lse || stats.lse_is_input) && !argmax) {  // loss 0, grad 0
         if (ahead_row) prefetch_rows_for_write(ahead_row, dx.row_stride, C, 1);

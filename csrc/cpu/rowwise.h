@@ -449,6 +449,7 @@ inline void prefetch_rows_for_write(const X* d, int64_t stride, int64_t C, int r
 // offset, time / a copy, medians of alternated processes without and with: 32768x600
 // 1.75x -> 1.41x, 16384x2000 1.51x -> 1.40x. (The same test through to_line_boundary
 // measured 1.8-2.1x on 32768x600, cause not found: docs/benchmarks.md, twelfth session.)
+constexpr int64_t kEdgeAheadRows = 8;  // rows of one chunk ask this many rows ahead
 template <class X>
 inline void prefetch_edge_lines(const X* d, int64_t n) {
   if (reinterpret_cast<std::uintptr_t>(d) % kLineBytes != 0) __builtin_prefetch(d, 1, 3);

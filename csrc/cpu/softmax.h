@@ -74,9 +74,11 @@ void softmax_forward_rows(const Rows& x, const Rows& y, bool log, int64_t r0, in
   // types): then y = exp(x - lse) below, after a first read for lse.
   const bool exps_in_y = !scratch && std::is_same_v<X, T>;
   const bool stream = scratch && stream_result<X>(x, y);  // (see rowwise.h)
+  const bool edges_ahead = stream && chunk_length(C) >= C;  // (as cross_entropy_with_grad_rows)
   for (int64_t r = r0; r < r1; ++r) {
     const X* xr = row_ptr<X>(x, r);
     X* yr = row_ptr<X>(y, r);
+    if (edges_ahead && r + kEdgeAheadRows < r1) prefetch_edge_lines(row_ptr<X>(y, r + kEdgeAheadRows), C);
     if (!log && (scratch || exps_in_y)) {
       T* e;
       if constexpr (std::is_same_v<X, T>) e = scratch ? scratch : yr;
