@@ -447,8 +447,11 @@ inline void prefetch_rows_for_write(const X* d, int64_t stride, int64_t C, int r
 // in cache waits for it: the stores behind it, streaming ones included, wait in order, and
 // the store buffer fills. Intel Xeon VM, float32 out= streamed, one thread, NumPy's 16-byte
 // offset, time / a copy, medians of alternated processes without and with: 32768x600
-// 1.75x -> 1.41x, 16384x2000 1.51x -> 1.40x. (The same test through to_line_boundary
-// measured 1.8-2.1x on 32768x600, cause not found: docs/benchmarks.md, twelfth session.)
+// 1.75x -> 1.41x, 16384x2000 1.51x -> 1.40x. GCC 12 may drop these conditional prefetches
+// altogether, depending on how the test and the call are spelled (through to_line_boundary,
+// or through a helper taking the row index and reading out.cols: all of them gone, and
+// 32768x600 back at 1.8-2.1x). After changing this or its callers, count them:
+// objdump -d _core*.so | grep -c prefetchw (1268 at this writing; 1126 without them).
 constexpr int64_t kEdgeAheadRows = 8;  // rows of one chunk ask this many rows ahead
 template <class X>
 inline void prefetch_edge_lines(const X* d, int64_t n) {
