@@ -459,10 +459,30 @@ inline void prefetch_edge_lines(const X* d, int64_t n) {
   if (reinterpret_cast<std::uintptr_t>(d + n) % kLineBytes != 0) __builtin_prefetch(d + n - 1, 1, 3);
 }
 
+// Where sum_exp asks for the logits `ahead` (the next chunk, kChunk values on): into L1
+// (PREFETCHT0) when the row is one chunk and those lines fit in L1 beside the row's working
+// set (the row, `scratch_rows` rows of T, and with `writes` a gradient row), else into L2
+// (PREFETCHT1), which keeps L1 for the scratch of long rows. On AMD Zen 4 (EPYC VM, 32 KiB
+// L1) PREFETCHT1 of the rows ahead slowed some one-chunk row lengths down badly, whatever
+// the distance, and into L1 they ran as well as the others: C++ harness, float32 from
+// memory, 16 bytes past a line, ns per 16 classes, T1 -> T0: 32768x600 forward 8.1 -> 4.6,
+// out= 9.8 -> 6.1, in place 9.0 -> 6.2; 28571x700 out= 9.6 -> 6.7; 78125x256 out= 10.4 ->
+// 8.8. Where the lines no longer fit, T0 cost instead (in place 19531x1024 5.8 -> 6.7,
+// 10000x2000 5.9 -> 7.0; 625x32000, several chunks, out= 5.5 -> 7.1): hence the budget.
+constexpr int64_t kL1AheadBudgetBytes = 28 * 1024;  // of a 32 KiB L1 (Zen 4; Intel has 48)
+template <class X, class T>
+inline bool ahead_into_l1(int64_t cols, int64_t len, int scratch_rows, bool writes) {
+  if (cols > len) return false;
+  const int64_t rows_x = len + cols + (writes ? cols : 0);  // ahead, the row, the gradient
+  return rows_x * static_cast<int64_t>(sizeof(X)) + scratch_rows * cols * static_cast<int64_t>(sizeof(T)) <=
+         kL1AheadBudgetBytes;
+}
+
 // sum_i exp(x_i - m) over a chunk, also writing each exp to e[i] when Store (e may alias x).
 // `ahead` (may be null) is prefetched at the same pace: the kernels pass the next chunk, so
 // that memory is read while this loop computes (a compute-bound loop issues no misses of its
-// own, and the hardware prefetcher alone runs only a little ahead of the demand).
+// own, and the hardware prefetcher alone runs only a little ahead of the demand); into L1
+// when `ahead_l1`, else into L2 (ahead_into_l1).
 // `write_ahead` (may be null), the same classes of a gradient row written later, is asked
 // for (for writing) at that pace too: see kWriteAheadRows in cross_entropy.h.
 // With Carry, the same chunk of the pending row `p` (chunk offset c0, factor ps) gets its
@@ -474,7 +494,8 @@ inline void prefetch_edge_lines(const X* d, int64_t n) {
 template <class V, bool Store, bool Carry, bool HasQ, bool HasW, bool Cap, bool CarryStream, class Src,
           class X, class T = typename V::T>
 T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
-          const PendingGradient<T, X>* p, int64_t c0, T ps, const X* write_ahead = nullptr) {
+          const PendingGradient<T, X>* p, int64_t c0, T ps, const X* write_ahead = nullptr,
+          bool ahead_l1 = false) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
   const V vm = V::set1(m), vps = V::set1(ps);
@@ -488,7 +509,10 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
   V s0 = V::set1(0), s1 = s0;
   int64_t i = 0;
   for (; i + 2 * W <= n; i += 2 * W) {
-    if (ahead) {
+    if (ahead && ahead_l1) {
+      __builtin_prefetch(ahead + i, 0, 3);
+      __builtin_prefetch(ahead + i + W, 0, 3);
+    } else if (ahead) {
       __builtin_prefetch(ahead + i, 0, 2);
       __builtin_prefetch(ahead + i + W, 0, 2);
     }
@@ -621,6 +645,8 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
   RowSummary<T> s;
   // without Store no chunk maxima are kept, so Cap's buffer can fix the chunk length
   const int64_t len = Cap && !Store ? kChunk : chunk_length(cols);
+  // (Store: this row's exps and the pending row's; Cap alone: the capped chunk)
+  const bool ahead_l1 = ahead_into_l1<X, T>(cols, len, Store ? 2 : Cap ? 1 : 0, Store);
   // Cap may overwrite x (e == x, in place without scratch memory): find argmax first.
   if (Cap && want_argmax) s.argmax = argmax_of(x, cols);
   // argmax: remember the chunk where the max last grew and search it once at the end, unless
@@ -680,10 +706,10 @@ RowSummary<T> summarise_row(const X* x, int64_t cols, const ClassCoefficients<T,
       const X* const wa = write_ahead ? write_ahead + c0 : nullptr;
       if (CarryStream && Carry && chunk < plain_chunks)
         s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap, false>(src, n, s.max, e_chunk, ahead, carry,
-                                                                      carry_c0, ps, wa);
+                                                                      carry_c0, ps, wa, ahead_l1);
       else
         s.sum += sum_exp<V, StoreExps, Carry, HasQ, HasW, Cap, CarryStream>(src, n, s.max, e_chunk, ahead, carry,
-                                                                            carry_c0, ps, wa);
+                                                                            carry_c0, ps, wa, ahead_l1);
     }
     if (slots.stage) std::memcpy(e_slot, e_chunk, static_cast<std::size_t>(n) * sizeof(T));
     if constexpr (Store) chunk_max[chunk] = s.max;

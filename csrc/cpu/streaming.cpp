@@ -33,13 +33,16 @@ int64_t largest_listed_cache() {
   return largest;
 }
 
+// What Linux lists first: glibc's sysconf derives the L3 from CPUID and can be far off (an
+// AMD EPYC VM with a 32 MiB L3 in /sys and lscpu: sysconf said 320 MiB).
 int64_t last_level_cache_bytes() {
+  const int64_t listed = largest_listed_cache();
+  if (listed > 0) return listed;
   long size = -1;
 #if defined(_SC_LEVEL3_CACHE_SIZE)
   size = sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
-  if (size > 0) return size;
-  return largest_listed_cache();
+  return size > 0 ? size : 0;
 }
 
 std::atomic<int64_t>& chosen() {  // 0: the default
