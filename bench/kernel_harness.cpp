@@ -11,11 +11,12 @@
 // process (so that their ratio is taken on the same machine state):
 //   0 forward (loss only)         1 loss and gradient, out=      2 loss and gradient, in place
 //   6 copy (std::copy: memcpy)    7 copy by streaming stores     8 read (a max over the logits)
-// (7 needs OFF a multiple of 64; in place, every call after the first works on the gradient
+// (7 needs OFF and DOFF multiples of 64; in place, every call after the first works on the gradient
 // the last one left, which takes the same time.)
 // Each line ends with "<time> ns/16": the time per 16 classes (per 64 bytes of float32).
 // Environment: OFF=bytes puts the logits and the gradient that far past a page boundary
-// (NumPy's large arrays start 16 bytes past a cache line); REPS=k calls each kernel k times
+// (NumPy's large arrays start 16 bytes past a cache line), DOFF=bytes the gradient alone
+// (default OFF: both at the same offset within a page, as NumPy's mmap'd arrays are); REPS=k calls each kernel k times
 // per round (default: about 200 million values a measurement); STREAM_MIB=m streams every
 // output of m MiB and more (0: the library's default). Built with -DHARNESS_AVX2 it uses the
 // AVX2 kernels, which valgrind --tool=callgrind can run (it has no AVX-512).
@@ -91,11 +92,14 @@ float read_max(const float* x, int64_t n) {
 template <class X>
 void measure(int64_t N, int64_t C, const char* modes) {
   const int64_t offset = std::getenv("OFF") ? std::atoll(std::getenv("OFF")) : 0;
-  if (std::strchr(modes, '7') && offset % 64 != 0) {  // (it used to crash)
-    std::fprintf(stderr, "mode 7 needs OFF a multiple of 64 (OFF=%lld)\n", static_cast<long long>(offset));
+  // DOFF: the gradient's offset past a page, when it should differ from the logits'
+  const int64_t d_offset = std::getenv("DOFF") ? std::atoll(std::getenv("DOFF")) : offset;
+  if (std::strchr(modes, '7') && (offset % 64 != 0 || d_offset % 64 != 0)) {  // (it used to crash)
+    std::fprintf(stderr, "mode 7 needs OFF and DOFF multiples of 64 (OFF=%lld, DOFF=%lld)\n",
+                 static_cast<long long>(offset), static_cast<long long>(d_offset));
     std::exit(2);
   }
-  PlacedBuffer<X> x(N * C, offset), d(N * C, offset);
+  PlacedBuffer<X> x(N * C, offset), d(N * C, d_offset);
   std::vector<float> loss(N);
   std::vector<int64_t> target(N);
   std::mt19937 gen(0);

@@ -141,7 +141,7 @@ def simd_level(request):
 
 
 # Outputs of at least 16 MiB are streamed in every test, whatever this machine's last-level
-# cache (by default rows shorter than 4 KiB are streamed only from its size: see
+# cache (by default rows shorter than 2 KiB are streamed only from its size: see
 # csrc/cpu/streaming.h), so that the tests of the streamed paths (test_fused_paths.py) reach
 # them on every machine.
 TEST_STREAMING_BYTES = 16 << 20

@@ -2,7 +2,7 @@
 while the next row is read (csrc/cpu/cross_entropy.h), the unaligned heads and tails.
 
 They only run for outputs of at least the streaming threshold (by default 16 MiB with rows
-of 4 KiB or more, the last-level cache with shorter rows; conftest.py sets 16 MiB for every
+of 2 KiB or more, the last-level cache with shorter rows; conftest.py sets 16 MiB for every
 test, and most tests here 2 MiB with outputs just over it) with rows of at least 512 bytes
 (in place: rows of at least 1 MiB), so the parity tests' small shapes never reach them
 (below it, out= asks for the gradient's lines a few rows ahead when rows are at most 4 KiB:
@@ -201,6 +201,41 @@ def test_streamed_partial_lines_match_in_place_at_every_simd_level(simd_level, s
     tol = 2e-5 if dtype in (np.float32, np.float64) else 1e-2  # bfloat16: 8 bits of mantissa
     np.testing.assert_allclose(loss, ref_loss, rtol=tol)
     np.testing.assert_allclose(grad.astype(np.float64), ref_grad, rtol=tol, atol=tol * np.abs(ref_grad).max())
+
+
+def _at_page_offset(shape, dtype, offset):
+    """An empty array of `shape` whose data starts `offset` bytes past a page boundary."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + offset + 8192, np.uint8)
+    start = (-raw.ctypes.data) % 4096 + offset
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+# Rows of 4 KiB (1024 float32, 2048 bfloat16), 2.4 MiB: streamed out=. Row r's logits and
+# row r - 1's gradient, written while row r is read, then lie at the same distance in a page
+# as out= lies from the logits, and within 512 bytes of it the carry starts with a few lines
+# before the sweep (carry_lead_elems in csrc/cpu/rowwise.h, against 4K aliasing).
+@pytest.mark.parametrize("dtype,cols", [(np.float32, 1024), ("bfloat16", 2048)], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("opts", [dict(), dict(label_smoothing=0.05, weight="w")], ids=["plain", "w-ls"])
+def test_gradient_bits_do_not_depend_on_where_out_lies_in_its_page(simd_level, streaming_from_2mib, dtype,
+                                                                    cols, opts):
+    if dtype == "bfloat16":
+        dtype = need("ml_dtypes").bfloat16
+    x0, t, kw = _case((600, cols), opts)
+    x = _at_page_offset(x0.shape, dtype, 16)  # where NumPy's large arrays start
+    x[...] = x0.astype(dtype)
+    assert x.nbytes >= SMALL_THRESHOLD
+    results = {}
+    for offset in (16 + 2048, 16, 16 + 64, 16 + 256, 16 + 448, 16 + 4096 - 64, 16 + 2):
+        out = _at_page_offset(x.shape, dtype, offset)
+        out[...] = np.nan
+        loss, grad = fusedce.cross_entropy_with_grad(x, t, reduction="sum", out=out, **kw)
+        results[offset] = (np.asarray(loss).tobytes(), grad.view(np.uint8).tobytes())
+    inplace = x.copy()
+    loss, grad = fusedce.cross_entropy_with_grad(inplace, t, reduction="sum", inplace=True, **kw)
+    want = (np.asarray(loss).tobytes(), grad.view(np.uint8).tobytes())
+    for offset, got in results.items():
+        assert got == want, f"{simd_level}: out= {offset} bytes past a page, logits 16"
 
 
 @pytest.mark.parametrize("c", [10, 48, 96, 97, 300])  # the small-class path up to 96, then rows
