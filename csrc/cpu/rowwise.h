@@ -474,7 +474,7 @@ inline void prefetch_edge_lines(const X* d, int64_t n) {
 // out= 9.8 -> 6.1, in place 9.0 -> 6.2; 28571x700 out= 9.6 -> 6.7; 78125x256 out= 10.4 ->
 // 8.8. Where the lines no longer fit, T0 cost instead (in place 19531x1024 5.8 -> 6.7,
 // 10000x2000 5.9 -> 7.0; 625x32000, several chunks, out= 5.5 -> 7.1): hence the budget.
-constexpr int64_t kL1AheadBudgetBytes = 28 * 1024;  // of a 32 KiB L1 (Zen 4; Intel has 48)
+constexpr int64_t kL1AheadBudgetBytes = 28 * 1024;  // of a 32 KiB L1 (Zen 4, older Intel; newer: 48)
 template <class X, class T>
 inline bool ahead_into_l1(int64_t cols, int64_t len, int scratch_rows, bool writes) {
   if (cols > len) return false;
