@@ -496,10 +496,12 @@ inline bool ahead_into_l1(int64_t cols, int64_t len, int scratch_rows, bool writ
 // 7.8 -> 5.7. So where the stores would start less than this far ahead (in a page), the
 // carry writes enough lines before the sweep to be this far ahead (carry_lead_elems).
 constexpr int64_t kStoreAliasReachBytes = 512;
+constexpr std::uintptr_t kAliasSpanBytes = 4096;  // the address bits compared: the low 12
 template <class X, class Src>
 inline int64_t carry_lead_elems(const X* first_store, const Src* first_load) {
   const auto gap = static_cast<int64_t>(
-      (reinterpret_cast<std::uintptr_t>(first_store) - reinterpret_cast<std::uintptr_t>(first_load)) & 4095);
+      (reinterpret_cast<std::uintptr_t>(first_store) - reinterpret_cast<std::uintptr_t>(first_load)) %
+      kAliasSpanBytes);
   if (sizeof(X) != sizeof(Src) || gap >= kStoreAliasReachBytes) return 0;  // (Src: capped, in scratch)
   return (kStoreAliasReachBytes - gap + kLineBytes - 1) / kLineBytes * kLineElems<X>;
 }
