@@ -212,6 +212,18 @@ def main():
                 f = lambda: fusedce.cross_entropy_with_grad(x, t, out=g, **nv)  # noqa: E731
                 res["fused"] = cuda_time(f, args.repeats)
                 row("fusedce ce fwd+bwd (out=)", res["fused"], 2 * nbytes, extra_memory(f, loss_bytes))
+                import fusedce.torch as ft
+                xa = x.detach().clone().requires_grad_(True)
+
+                def fused_autograd():
+                    xa.grad = None
+                    ft.cross_entropy(xa, t).backward()
+                    return xa.grad
+
+                res["fused_torch"] = cuda_time(fused_autograd, args.repeats)
+                row("fusedce.torch ce fwd+bwd (autograd)", res["fused_torch"], 2 * nbytes,
+                    extra_memory(fused_autograd, nbytes))
+                del xa
                 xi = x.clone()
                 fi = lambda: fusedce.cross_entropy_with_grad(xi, t, inplace=True, **nv)  # noqa: E731
                 res["fused_inplace"] = cuda_time(fi, args.repeats)

@@ -203,7 +203,7 @@ def test_shard_kernels_emulated(dtype, i):
     """The CUDA shard kernels (fusedce.emulated), small shards on sub-warp teams: uneven
     splits (one class, the first and last class), every option, both targets in other shards
     and out of range; the larger team paths are in test_emulated_paths.py."""
-    fe = pytest.importorskip("fusedce.emulated")
+    fe = pytest.importorskip("fusedce.emulated", exc_type=ImportError)
     if dtype == "bfloat16":
         ml_dtypes = pytest.importorskip("ml_dtypes")
         npd = ml_dtypes.bfloat16

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pytest
 
-fe = pytest.importorskip("fusedce.emulated", reason="fusedce was built without fusedce._emulated")
+fe = pytest.importorskip("fusedce.emulated", exc_type=ImportError, reason="fusedce was built without fusedce._emulated")
 from fusedce import reference as ref  # noqa: E402
 
 try:
@@ -50,23 +50,26 @@ def vec(dtype):
     return 16 // (8 if dtype == "float64" else 4 if dtype == "float32" else 2)
 
 
-def expected_row_kernel(dtype, C, device):
-    """The row kernel the launcher picks (cross_entropy.cu, launch_rows), restated."""
+def expected_row_kernel(dtype, C, device, plain=False):
+    """The row kernel the launcher picks (cross_entropy.cuh, launch_rows), restated: rows_plain
+    (``plain``: index targets or none, no weights, smoothing, soft-cap, lse given or argmax)
+    or rows_resident by row length, the streaming kernel past them."""
     T, packs = NAME[dtype], math.ceil(C / vec(dtype))
+    resident = "rows_plain" if plain else "rows_resident"
     sub = [(4, "SubWarpTeam<4, 256>, 1"), (16, "SubWarpTeam<16, 256>, 1"), (64, "SubWarpTeam<32, 256>, 2"),
            (256, "SubWarpTeam<32, 256>, 8"), (2048, "BlockTeam<256>, 8")]
     for limit, team in sub:
         if packs <= limit:
-            return f"rows_resident<{T}, {team}>"
+            return f"{resident}<{T}, {team}>"
     if dtype != "float64" and device in (SM90, ONE_SM):
         clusters = [(4096, 256, 2), (8192, 256, 4), (16384, 256, 8), (32768, 256, 16), (65536, 512, 16)]
         for limit, block, k in clusters:
             # one SM holds 2048 / block blocks; a cluster must fit in it
             fits = device == SM90 or k <= 2048 // block
             if packs <= limit and fits:
-                return f"rows_resident<{T}, ClusterTeam<{block}>, 8> x{k}"
+                return f"{resident}<{T}, ClusterTeam<{block}>, 8> x{k}"
     if packs <= 4096:
-        return f"rows_resident<{T}, BlockTeam<512>, 8>"
+        return f"{resident}<{T}, BlockTeam<512>, 8>"
     return f"rows_streaming<{T}, 512>"
 
 
@@ -107,7 +110,7 @@ OTHER_CS = [7, 300, 9000]  # each team of the other kernels, for every dtype (90
 
 
 def every_expected_path():
-    paths = {expected_row_kernel(d, C, dev) for d, C, dev, _ in row_cases()}
+    paths = {expected_row_kernel(d, C, dev, plain) for d, C, dev, _ in row_cases() for plain in (False, True)}
     for d in DTYPES:
         for C in OTHER_CS:
             paths |= expected_other_kernels(d, C)
@@ -220,7 +223,9 @@ def test_row_kernel_path(dtype, C, device, N):
         assert np.array_equal(np.isfinite(ls.astype(np.float64)), fin)
         # log p carries the rounding of x and of lse: scaled like a loss, not like log p
         close(ls.astype(np.float64)[fin], want_ls[fin], dtype, "log_softmax", 10 + np.abs(x64[fin]).max())
-        assert launched() == {kernel}
+        # probability targets take rows_resident, softmax and log_softmax rows_plain
+        # (past the longest resident row both are the streaming kernel)
+        assert launched() == {kernel, expected_row_kernel(dtype, C, device, plain=True)}
 
         # unvalidated out-of-range targets: NaN rows, as on a GPU, and the other rows intact
         bad = t.copy()
@@ -303,7 +308,8 @@ def test_row_kernel_path_lm_options(i):
         wzl, wzg = ref.cross_entropy_with_grad(plain.astype(np.float64), t, grad_loss=g, **zo)
         loss_close(zl, wzl, dtype, "z-loss loss", C)
         close(zg, wzg, dtype, "z-loss grad")
-        assert launched() == {kernel}
+        # without weights and smoothing (odd i) the z-loss alone is rows_plain's
+        assert launched() == {kernel, expected_row_kernel(dtype, C, device, plain="weight" not in opts)}
 
         # unvalidated out-of-range target: a NaN row, the others as before
         bad = t.copy()
@@ -312,6 +318,75 @@ def test_row_kernel_path_lm_options(i):
         assert np.isnan(ul[-1]) and np.all(np.isnan(ug[-1].astype(np.float64)))
         np.testing.assert_array_equal(ul[:-1], gl[:-1])
         np.testing.assert_array_equal(ug[:-1], grad[:-1])
+
+
+@pytest.mark.parametrize("dtype,C,device,N", row_cases(),
+                         ids=[f"{d}-C{C}-dev{dev}-N{N}" for d, C, dev, N in row_cases()])
+def test_plain_row_kernel_path(dtype, C, device, N):
+    """rows_plain, the kernel of the common call (index targets, no weights, no smoothing, no
+    soft-cap), on every row length: the loss, the fused gradient with out= and in place (the
+    same bits), an upstream factor per row, the z-loss, softmax and log_softmax, against the
+    float64 reference. The rows hold what it must not trip on: an ignored row (gradient 0
+    whatever its logits), a masked -inf class, a row of all -inf (NaN, as PyTorch), and an
+    unvalidated out-of-range target (a NaN row); the target sits in the row's last, partial
+    pack of one row and at column 0 of another."""
+    x, t, rng = make_case(dtype, C, N, seed=C + N + 7)
+    if N >= 2:  # (with one row, row 0 stays the ignored one)
+        t[-1] = C - 1
+        x[-1, C - 1] = 0.5
+    if N >= 3:
+        t[1] = 0
+        x[1, 0] = -0.25
+    x64 = x.astype(np.float64)
+    kernel = expected_row_kernel(dtype, C, device, plain=True)
+    g = rng.uniform(0.5, 1.5, N).astype(np.float64 if dtype == "float64" else np.float32)
+    big = C * N > 200_000
+    with fe.device(device):
+        fe.clear_launch_log()
+        for opts in (dict(reduction="none"), dict(reduction="none", z_loss=0.01)):
+            want_loss, want_grad = ref.cross_entropy_with_grad(x64, t, grad_loss=g, **opts)
+            loss = fe.cross_entropy(x, t, **opts)
+            loss_close(loss, want_loss, dtype, f"loss {opts}", C)
+            gl, grad = fe.cross_entropy_with_grad(x, t, grad_loss=g, **opts)
+            loss_close(gl, want_loss, dtype, f"fused loss {opts}", C)
+            close(grad, want_grad, dtype, f"fused grad {opts}", float(np.abs(want_grad).max()))
+            assert t[0] == -100 and np.all(grad[0] == 0)  # the ignored row
+            inplace = x.copy()
+            _, res = fe.cross_entropy_with_grad(inplace, t, grad_loss=g, inplace=True, **opts)
+            assert res is inplace
+            np.testing.assert_array_equal(inplace, grad)
+            if big:
+                break
+        assert launched() == {kernel}
+        if big:
+            return
+
+        sm = fe.softmax(x)
+        close(sm, ref.softmax(x64), dtype, "softmax", 1.0)
+        ls = fe.log_softmax(x)
+        want_ls = ref.log_softmax(x64)
+        fin = np.isfinite(want_ls)
+        assert np.array_equal(np.isfinite(ls.astype(np.float64)), fin)
+        close(ls.astype(np.float64)[fin], want_ls[fin], dtype, "log_softmax", 10 + np.abs(x64[fin]).max())
+        assert launched() == {kernel}
+
+        # a row of all -inf: NaN loss, gradient and softmax; an out-of-range target: a NaN row
+        masked = x.copy()
+        masked[-1] = -np.inf
+        bad = t.copy()
+        bad[-1] = C + 5
+        if N >= 3:
+            bad[1] = -3
+        with np.errstate(invalid="ignore"):
+            ml, mg = fe.cross_entropy_with_grad(masked, t, reduction="none")
+            assert np.isnan(ml[-1]) and np.all(np.isnan(mg[-1].astype(np.float64)))
+            assert np.all(np.isnan(fe.softmax(masked)[-1].astype(np.float64)))
+            ul, ug = fe.cross_entropy_with_grad(x, bad, reduction="none", validate_targets=False)
+        rows = [-1] + ([1] if N >= 3 else [])
+        assert np.all(np.isnan(ul[rows])) and np.all(np.isnan(ug[rows].astype(np.float64)))
+        keep = [r for r in range(N) if r not in (N - 1, 1 if N >= 3 else -1)]
+        np.testing.assert_array_equal(ul[keep], fe.cross_entropy(x, t, reduction="none")[keep])
+        assert launched() == {kernel}
 
 
 @pytest.mark.parametrize("i", range(len(row_cases())), ids=LM_IDS)

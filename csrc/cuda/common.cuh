@@ -14,6 +14,7 @@
 #include "simt/simt.cuh"  // CUDA itself under nvcc; the CPU execution model for fusedce.emulated
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -442,6 +443,27 @@ inline bool simple_kernels_forced() {
     return e != nullptr && e[0] != '\0' && e[0] != '0';
   }();
   return forced;
+}
+
+// FUSEDCE_CUDA_TRACE=1 prints the kernel launches of the row ops to stderr (which kernel, its
+// team, grid and occupancy; a line repeated launch after launch is printed once): to see on a
+// GPU which path a shape takes. Read once.
+inline bool launch_trace_on() {
+  static const bool on = [] {
+    const char* e = std::getenv("FUSEDCE_CUDA_TRACE");
+    return e != nullptr && e[0] != '\0' && e[0] != '0';
+  }();
+  return on;
+}
+
+template <typename... Args>
+inline void trace_launch(const char* format, Args... args) {
+  static char last[256];
+  char line[256];
+  std::snprintf(line, sizeof(line), format, args...);
+  if (std::strcmp(line, last) == 0) return;
+  std::memcpy(last, line, sizeof(line));
+  std::fprintf(stderr, "fusedce: %s\n", line);
 }
 
 inline cudaStream_t stream_of(const Launch& l) { return reinterpret_cast<cudaStream_t>(l.stream); }

@@ -506,6 +506,145 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
 }
 
 // ---------------------------------------------------------------------------------------------
+// v3: the row in registers, the common case only
+// ---------------------------------------------------------------------------------------------
+//
+// rows_resident serves every option, and its per-element loops test them all at run time
+// (weights, smoothing, probability targets, soft-capping, the mode, c == t, the row's end):
+// on an H200 that made it bound by instructions, 3-5x a copy in float32 and 6-10x in bfloat16
+// (bench/gpu_probe.py). rows_plain is the same algorithm for what most calls ask: index
+// targets (or none: softmax, log_softmax), no class weights, no smoothing, no soft-cap, no lse
+// given, no argmax, no shard (z-loss and the upstream factor are per row, so they stay). Per
+// element it keeps a max, one exp and an add for the sum, and one exp and a multiply for the
+// write; the target's logit and the one-hot term are taken from the one pack that holds
+// column t. The -inf padding past the row's end adds 0 to every sum, and store_pack stores
+// only the valid elements, so nothing per element checks the row's end.
+
+// Which pack of a row holds column t, and where: the pack's thread (rank), its register
+// index j and the element k in it; rank -1 when no column of the row is t.
+struct PackOf {
+  int rank, j, k;
+};
+template <int VEC>
+__device__ __forceinline__ PackOf pack_of(int64_t t, int64_t c, int threads) {
+  if (t < 0 || t >= c) return {-1, 0, 0};
+  const int pack = static_cast<int>(t / VEC);
+  return {pack % threads, pack / threads, static_cast<int>(t % VEC)};
+}
+
+template <typename T>
+bool plain_row_op(const RowArgs<T>& a) {
+  using S = compute_t<T>;
+  const bool index_or_none = a.tkind == static_cast<int>(TargetKind::ClassIndex) ||
+                             a.tkind == static_cast<int>(TargetKind::None);
+  return (a.mode == kLossOnly || a.mode == kLossGrad || a.mode == kSoftmax || a.mode == kLogSoftmax) &&
+         index_or_none && a.w == nullptr && a.eps == S(0) && a.softcap == S(0) && !a.lse_in &&
+         a.argmax == nullptr && !a.shard;
+}
+
+template <typename T, typename Team, int NV>
+__global__ void __launch_bounds__(Team::kBlock) rows_plain(const RowArgs<T> a) {
+  using S = compute_t<T>;
+  constexpr int VEC = Pack<T>::N;
+  if constexpr (Team::kClustered) {
+    if (!SIMT_HAS_CLUSTERS) {  // as rows_resident
+      __trap();
+      return;
+    }
+  }
+  SIMT_SHARED(typename Team::Storage, storage);
+  Team team(storage);
+  const Flags<T> f(a);
+  const int rank = team.rank();
+  const int threads = team.threads();
+  const T pad = from_compute<T>(neg_inf<S>());
+
+  for (int64_t base = team.begin(); base < a.n; base += team.step()) {
+    const int64_t row = base + team.sub_row();
+    const bool active = row < a.n;
+    const int64_t r = active ? row : 0;
+    const T* xr = a.x + r * a.x_stride;
+
+    // 1. the row into registers (padding: -inf)
+    Pack<T> x[NV];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int c0 = (j * threads + rank) * VEC;
+      load_pack(x[j], xr + c0, active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0, a.vec, pad, true);
+    }
+    int64_t t;
+    const int state = read_target(a, f, active, row, t);
+    const PackOf tp = pack_of<VEC>(state == kNormal ? t : -1, a.c, threads);
+    const bool holds_t = tp.rank == rank;
+
+    // 2. max
+    S mm = neg_inf<S>();
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) mm = max_c(mm, to_compute(x[j].v[k]));
+    S m = team.reduce(mm, MaxOp{});
+    if (m == neg_inf<S>()) m = S(0);  // a row of all -inf: s = 0, lse = -inf (as rows_resident)
+
+    // 3. sum of exps, and x_t - m from the thread that holds it (0 elsewhere): one reduction
+    const S m2 = scaled_max(m);
+    Sum4<S> acc{S(0), S(0), S(0), S(0)};
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) acc.s += exp_shifted(to_compute(x[j].v[k]), m, m2);
+      if (holds_t && j == tp.j) {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k)
+          if (k == tp.k) acc.t = to_compute(x[j].v[k]) - m;
+      }
+    }
+    acc = team.reduce(acc, Sum4Op{});
+
+    const RowPlan<S> p = finish_row(a, f, active && rank == 0, r, m, 0, acc, state, t);
+
+    // 4. write from the registers
+    if (f.write && active) {
+      T* orow = a.out + r * a.out_stride;
+      // an ignored row's gradient is 0 and a bad target's NaN, whatever its logits
+      const bool fill = a.mode == kLossGrad && state != kNormal;
+      const T filler = from_compute<T>(state == kIgnored ? S(0) : quiet_nan<S>());
+#pragma unroll
+      for (int j = 0; j < NV; ++j) {
+        const int c0 = (j * threads + rank) * VEC;
+        const int valid = clamp_valid(int64_t{a.c} - c0, VEC);
+        if (valid <= 0) continue;
+        Pack<T> o;
+        if (fill) {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) o.v[k] = filler;
+        } else if (a.mode == kLossGrad) {
+          S d[VEC];
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) d[k] = exp_shifted(to_compute(x[j].v[k]), p.m, p.m2) * p.P;
+          if (holds_t && j == tp.j) {
+#pragma unroll
+            for (int k = 0; k < VEC; ++k)
+              if (k == tp.k) d[k] -= p.Tt;
+          }
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) o.v[k] = from_compute<T>(d[k]);
+        } else if (a.mode == kSoftmax) {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k)
+            o.v[k] = from_compute<T>(exp_shifted(to_compute(x[j].v[k]), p.m, p.m2) * p.inv_s);
+        } else {
+#pragma unroll
+          for (int k = 0; k < VEC; ++k) o.v[k] = from_compute<T>((to_compute(x[j].v[k]) - p.m) - p.logs);
+        }
+        store_pack(orow + c0, o, valid, a.vec, true);
+      }
+    }
+  }
+  team.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
 // v1: streaming, a block per row, any C
 // ---------------------------------------------------------------------------------------------
 
@@ -632,9 +771,9 @@ struct DeviceIntCache {
 
 // Launches the resident kernel of Team; a cluster team runs in clusters of k blocks (2..16).
 // Returns false where the GPU cannot run that cluster shape.
-template <typename T, typename Team, int NV>
+template <typename T, typename Team, int NV, bool Plain>
 bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, cudaStream_t stream, int k = 1) {
-  constexpr auto kernel = rows_resident<T, Team, NV>;
+  constexpr auto kernel = Plain ? rows_plain<T, Team, NV> : rows_resident<T, Team, NV>;
   static DeviceIntCache caches[5];  // by cluster size: 1, 2, 4, 8, 16
   DeviceIntCache& cache = caches[k >= 16 ? 4 : k >= 8 ? 3 : k >= 4 ? 2 : k >= 2 ? 1 : 0];
   const int slot = device >= 0 && device < 64 ? device : 0;
@@ -643,6 +782,10 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
     constexpr int rows_per_block = Team::kBlock / Team::kThreads;
     const int64_t blocks_needed = (a.n + rows_per_block - 1) / rows_per_block;
     const unsigned grid = grid_for(blocks_needed, props.sm_count, cache.v[slot]);
+    if (launch_trace_on())
+      trace_launch("%s n=%lld c=%d: %d threads per row, blocks of %d, "
+                   "%d packs per thread, grid %u (%d blocks per SM)", Plain ? "rows_plain" : "rows_resident",
+                   static_cast<long long>(a.n), a.c, Team::kThreads, Team::kBlock, NV, grid, cache.v[slot]);
     simt::launch<kernel>(grid, Team::kBlock, stream, a);
     check_launch("rows_resident");
     return true;
@@ -673,6 +816,10 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
     if (cache.v[slot] <= 0) return false;
     const int64_t clusters = a.n < cache.v[slot] ? a.n : cache.v[slot];
     cfg.gridDim = dim3(static_cast<unsigned>(clusters * k), 1, 1);
+    if (launch_trace_on())
+      trace_launch("%s n=%lld c=%d: clusters of %d blocks of %d, %d packs "
+                   "per thread, grid %lld clusters (%d clusters fit)", Plain ? "rows_plain" : "rows_resident",
+                   static_cast<long long>(a.n), a.c, k, Team::kBlock, NV, static_cast<long long>(clusters), cache.v[slot]);
     check(simt::launch_ex<kernel>(cfg, a), "rows_resident (cluster)");
     return true;
   }
@@ -685,33 +832,47 @@ void launch_streaming(const RowArgs<T>& a, int device, const DeviceProps& props,
   static DeviceIntCache cache;
   const int slot = device >= 0 && device < 64 ? device : 0;
   if (cache.v[slot] < 0) cache.v[slot] = blocks_per_sm(kernel, kBlock);
-  simt::launch<kernel>(grid_for(a.n, props.sm_count, cache.v[slot]), kBlock, stream, a);
+  const unsigned grid = grid_for(a.n, props.sm_count, cache.v[slot]);
+  if (launch_trace_on())
+    trace_launch("rows_streaming n=%lld c=%d: blocks of %d, grid %u (%d blocks per SM)",
+                 static_cast<long long>(a.n), a.c, kBlock, grid, cache.v[slot]);
+  simt::launch<kernel>(grid, kBlock, stream, a);
   check_launch("rows_streaming");
 }
 
-// Team by row length, in 16-byte packs: the smallest team whose registers hold the row.
+// Team by row length, in 16-byte packs: the smallest team whose registers hold the row;
+// rows_plain where the call's options allow it (Plain), rows_resident otherwise. Returns false
+// where the row is too long for any of them.
+template <typename T, bool Plain>
+bool launch_resident_by_length(const RowArgs<T>& a, int device, const DeviceProps& props, cudaStream_t stream) {
+  constexpr int VEC = Pack<T>::N;
+  const int64_t packs = (int64_t{a.c} + VEC - 1) / VEC;
+  if (packs <= 4) return launch_resident<T, SubWarpTeam<4, 256>, 1, Plain>(a, device, props, stream);
+  if (packs <= 16) return launch_resident<T, SubWarpTeam<16, 256>, 1, Plain>(a, device, props, stream);
+  if (packs <= 64) return launch_resident<T, SubWarpTeam<32, 256>, 2, Plain>(a, device, props, stream);
+  if (packs <= 256) return launch_resident<T, SubWarpTeam<32, 256>, 8, Plain>(a, device, props, stream);
+  if (packs <= 2048) return launch_resident<T, BlockTeam<256>, 8, Plain>(a, device, props, stream);
+  // sm_90: clusters of 256-thread blocks (two blocks per SM overlap one row's reductions with
+  // the other's loads); up to 32768 packs, then 512-thread blocks. Older GPUs (or a cluster
+  // shape the GPU cannot place): one 512-thread block up to 4096 packs, then streaming.
+  if constexpr (sizeof(T) < 8) {  // float64 is not a speed target: no cluster kernels for it
+    if (packs <= 4096 && launch_resident<T, ClusterTeam<256>, 8, Plain>(a, device, props, stream, 2)) return true;
+    if (packs <= 8192 && launch_resident<T, ClusterTeam<256>, 8, Plain>(a, device, props, stream, 4)) return true;
+    if (packs <= 16384 && launch_resident<T, ClusterTeam<256>, 8, Plain>(a, device, props, stream, 8)) return true;
+    if (packs <= 32768 && launch_resident<T, ClusterTeam<256>, 8, Plain>(a, device, props, stream, 16)) return true;
+    if (packs <= 65536 && launch_resident<T, ClusterTeam<512>, 8, Plain>(a, device, props, stream, 16)) return true;
+  }
+  if (packs <= 4096) return launch_resident<T, BlockTeam<512>, 8, Plain>(a, device, props, stream);
+  return false;
+}
+
 template <typename T>
 void launch_rows(const RowArgs<T>& a, int device, cudaStream_t stream) {
   const DeviceProps props = device_props(device);
-  constexpr int VEC = Pack<T>::N;
-  const int64_t packs = (int64_t{a.c} + VEC - 1) / VEC;
   if (!simple_kernels_forced()) {
-    if (packs <= 4) return (void)launch_resident<T, SubWarpTeam<4, 256>, 1>(a, device, props, stream);
-    if (packs <= 16) return (void)launch_resident<T, SubWarpTeam<16, 256>, 1>(a, device, props, stream);
-    if (packs <= 64) return (void)launch_resident<T, SubWarpTeam<32, 256>, 2>(a, device, props, stream);
-    if (packs <= 256) return (void)launch_resident<T, SubWarpTeam<32, 256>, 8>(a, device, props, stream);
-    if (packs <= 2048) return (void)launch_resident<T, BlockTeam<256>, 8>(a, device, props, stream);
-    // sm_90: clusters of 256-thread blocks (two blocks per SM overlap one row's reductions with
-    // the other's loads); up to 32768 packs, then 512-thread blocks. Older GPUs (or a cluster
-    // shape the GPU cannot place): one 512-thread block up to 4096 packs, then streaming.
-    if constexpr (sizeof(T) < 8) {  // float64 is not a speed target: no cluster kernels for it
-      if (packs <= 4096 && launch_resident<T, ClusterTeam<256>, 8>(a, device, props, stream, 2)) return;
-      if (packs <= 8192 && launch_resident<T, ClusterTeam<256>, 8>(a, device, props, stream, 4)) return;
-      if (packs <= 16384 && launch_resident<T, ClusterTeam<256>, 8>(a, device, props, stream, 8)) return;
-      if (packs <= 32768 && launch_resident<T, ClusterTeam<256>, 8>(a, device, props, stream, 16)) return;
-      if (packs <= 65536 && launch_resident<T, ClusterTeam<512>, 8>(a, device, props, stream, 16)) return;
-    }
-    if (packs <= 4096) return (void)launch_resident<T, BlockTeam<512>, 8>(a, device, props, stream);
+    if (plain_row_op(a) ? launch_resident_by_length<T, true>(a, device, props, stream)
+                        : launch_resident_by_length<T, false>(a, device, props, stream))
+      return;
   }
   launch_streaming(a, device, props, stream);
 }

@@ -378,3 +378,30 @@ def rows_struct(rows2d, bfloat16: bool = False, ptr: int | None = None) -> _core
 def flat_vector(a, xp, dtype):
     """A 1-D contiguous array of the given dtype holding ``a``'s elements in C order."""
     return xp.ascontiguousarray(xp.asarray(a, dtype=dtype).reshape(-1))
+
+
+# PyTorch tensors straight to the kernels' structs (fusedce.torch's direct way for CUDA
+# tensors, which skips the array layer above: see fusedce.torch._direct_cross_entropy).
+_TORCH_CODES: dict = {}
+
+
+def _torch_code(dtype):
+    if not _TORCH_CODES:
+        import torch
+
+        _TORCH_CODES.update({
+            torch.float32: _core.DType.float32, torch.float64: _core.DType.float64,
+            torch.float16: _core.DType.float16, torch.bfloat16: _core.DType.bfloat16,
+            torch.int32: _core.DType.int32, torch.int64: _core.DType.int64})
+    return _TORCH_CODES[dtype]
+
+
+def tensor_rows(t) -> _core.Rows:
+    """The kernels' view of a 2-D tensor whose classes (dimension 1) are contiguous."""
+    n, c = t.shape
+    return _core.Rows(t.data_ptr(), n, c, t.stride(0) if n > 1 else c, _torch_code(t.dtype))
+
+
+def tensor_index_target(t) -> _core.Target:
+    """The kernels' view of a contiguous 1-D tensor of class indices (int32 or int64)."""
+    return _core.Target(_core.TargetKind.class_index, t.data_ptr(), _torch_code(t.dtype), 1)
