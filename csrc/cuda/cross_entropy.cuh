@@ -542,8 +542,13 @@ bool plain_row_op(const RowArgs<T>& a) {
          a.argmax == nullptr && !a.shard;
 }
 
+// At least 512 threads per SM (128 registers a thread): left free, nvcc kept each element's
+// exp from the sum for the write (167-197 registers for 256-thread teams), which halved the
+// clusters that fit on an H200 (14 -> 7 at 128256 float32) and made the loss-only call slower
+// than rows_resident's there.
 template <typename T, typename Team, int NV>
-__global__ void __launch_bounds__(Team::kBlock) rows_plain(const RowArgs<T> a) {
+__global__ void __launch_bounds__(Team::kBlock, Team::kBlock >= 512 ? 1 : 512 / Team::kBlock)
+    rows_plain(const RowArgs<T> a) {
   using S = compute_t<T>;
   constexpr int VEC = Pack<T>::N;
   if constexpr (Team::kClustered) {
