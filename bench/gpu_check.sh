@@ -13,7 +13,8 @@
 #   build               170   170  pip install of this tree: CUDA for this GPU only (sm_XX-real),
 #                                  nvcc --threads=0, ninja -j$(nproc); cross_entropy.cu is the
 #                                  long pole (~100 s alone on a slow 2-core box)
-#   config               15    15  versions; fusedce imported from the new build; CUDA usable
+#   config               45    45  versions; fusedce imported from the new build; CUDA usable
+#                                  (importing torch, CuPy and Liger took over 15 s on an H200 box)
 #   collect              25    25  the test ids, from which every GPU subset is picked exactly
 #   gpu_tests            75 \      every `device`=cuda test + tests/test_cuda_specific.py
 #   gpu_tests_simple     75  } 75  the same with FUSEDCE_CUDA_SIMPLE=1 (v1 streaming kernels)
@@ -21,8 +22,10 @@
 #   memcheck             90 \      compute-sanitizer: OOB / misaligned accesses, small tests
 #   racecheck            90  } 90  shared-memory races in the block and cluster teams
 #   synccheck            90 /      barrier misuse (__syncthreads, cluster.sync) in the same
+#   probe                40    40  bench/gpu_probe.py: the kernels alone (ratios to a copy) and
+#                                  the host time per call (FUSEDCE_CUDA_TRACE: kernel, grid)
 #   bench               100   100  bench/gpu.py: fused kernels vs copy, torch, torch.compile
-#   total (worst case)        485  = 8 min 5 s; a deadline of 500 s (GPU_CHECK_TOTAL_S)
+#   total (worst case)        555  = 9 min 15 s; a deadline of 570 s (GPU_CHECK_TOTAL_S)
 #                                  also clips any step to what is left of it
 #
 # Exit status: 0 when the build succeeded (test / sanitizer / bench failures are in
@@ -37,9 +40,9 @@ DEST="$(cd "$DEST" && pwd)"
 SUMMARY="$DEST/summary.txt"
 IDS="$DEST/collected_ids.txt"
 : > "$SUMMARY"
-rm -f "$DEST"/*.log "$DEST"/*.ids "$DEST/bench.md"  # nothing stale from an earlier run
+rm -f "$DEST"/*.log "$DEST"/*.ids "$DEST/bench.md" "$DEST/probe.md"  # nothing stale from an earlier run
 START=$(date +%s)
-TOTAL_S=${GPU_CHECK_TOTAL_S:-500}
+TOTAL_S=${GPU_CHECK_TOTAL_S:-570}
 
 note() {  # a line in the summary (and on the terminal)
   echo "note: $*" | tee -a "$SUMMARY"
@@ -156,7 +159,7 @@ export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 
 # Fails (rc 3) when fusedce would run no GPU test: then every GPU step below only skips.
-if ! step config 15 python3 - "$SITE" << 'EOF'; then
+if ! step config 45 python3 - "$SITE" << 'EOF'; then
 import importlib, sys
 print("python", sys.version.split()[0])
 for name in ("numpy", "cupy", "torch", "triton", "pytest", "hypothesis", "liger_kernel"):
@@ -266,6 +269,9 @@ else
     fi
   done
 fi
+
+# --- the kernels alone, and the host time per call (alone: timed) ---------------------------
+step probe 40 env FUSEDCE_CUDA_TRACE=1 python3 bench/gpu_probe.py --out "$DEST/probe.md"
 
 # --- benchmark (alone: it is timed) ---------------------------------------------------------
 # bench/gpu.py prints each row as it is measured (bench.log keeps them if the step is cut
