@@ -28,6 +28,7 @@
 #   total (worst case)        555  = 9 min 15 s; a deadline of 570 s (GPU_CHECK_TOTAL_S)
 #                                  also clips any step to what is left of it
 #
+# Writing into the device tool's $OUT, the logs end packed in logs.tgz (8 files come back).
 # Exit status: 0 when the build succeeded (test / sanitizer / bench failures are in
 # summary.txt, not fatal), 1 when it did not.
 
@@ -288,6 +289,13 @@ for log in "$DEST"/*.log; do
     tail -n 15 "$log"
   fi
 done
+# The device tool brings back at most 8 files from $OUT: there, the logs and id lists travel
+# packed in logs.tgz, beside summary.txt, bench.md and probe.md.
+if [[ -n ${OUT:-} && -d $OUT && $DEST == "$(cd "$OUT" && pwd)" ]]; then
+  (cd "$DEST" && tar czf logs.tgz ./*.log ./*.ids collected_ids.txt 2> /dev/null &&
+    rm -f ./*.log ./*.ids collected_ids.txt)
+  note "logs packed in $DEST/logs.tgz"
+fi
 echo
 echo "=== summary ($SUMMARY)"
 cat "$SUMMARY"
