@@ -599,6 +599,25 @@ class _LossCall:
         return tuple(out) if len(out) > 1 else out[0]
 
 
+def _direct_way(backend, logits, target, weight, label_smoothing, softcap, axis, extras=False):
+    """fusedce._direct when this call takes the direct way (PyTorch CUDA tensors, the plain
+    call: see that module), else None."""
+    if backend.torch_stream is None or extras or axis not in (-1, 1):
+        return None
+    from . import _direct  # (imports torch, which PyTorch tensors imply)
+
+    return _direct if _direct.plain(logits, target, weight, label_smoothing, softcap) else None
+
+
+def _direct_loss(direct, logits, target, ignore_index, reduction, z_loss, validate_targets,
+                 grad=None, grad_loss=1.0):
+    """The direct way's loss (in the NumPy API's loss dtype), the gradient into ``grad``."""
+    return direct.cross_entropy(logits, target, checks.ignore_index(ignore_index),
+                                checks.reduction(reduction), checks.z_loss(z_loss), grad,
+                                float(grad_loss), validate_targets,
+                                loss_dtype=direct.compute_dtype(logits.dtype))
+
+
 @_runs_where("logits", "target", "weight")
 def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, z_loss=0.0, softcap=None, axis=-1, return_lse=False,
@@ -678,6 +697,11 @@ def cross_entropy(backend, logits, target, *, weight=None, ignore_index=-100, re
     >>> pred
     array([0, 0])
     """
+    direct = _direct_way(backend, logits, target, weight, label_smoothing, softcap, axis,
+                         return_lse or return_argmax)
+    if direct is not None:
+        return _direct_loss(direct, logits, target, ignore_index, reduction, z_loss,
+                            validate_targets)
     call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
                      "logits", backend, validate=validate_targets, z_loss=z_loss, softcap=softcap)
     losses = call.per_row()
@@ -787,6 +811,14 @@ def cross_entropy_with_grad(backend, logits, target, *, weight=None, ignore_inde
     """
     if inplace and out is not None:
         raise ValueError("out and inplace=True are exclusive: inplace writes over logits")
+    direct = _direct_way(backend, logits, target, weight, label_smoothing, softcap, axis,
+                         return_lse or return_argmax)
+    if (direct is not None and type(grad_loss) in (float, int)
+            and (out is None or direct.usable_out(out, logits))):
+        grad = logits if inplace else direct.empty_like(logits) if out is None else out
+        loss = _direct_loss(direct, logits, target, ignore_index, reduction, z_loss,
+                            validate_targets, grad, grad_loss)
+        return loss, grad
     call = _LossCall(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
                      "logits", backend, validate=validate_targets, z_loss=z_loss, softcap=softcap)
     if inplace and call.target.probs is not None \

@@ -56,7 +56,7 @@ import types
 import numpy as np
 import torch
 
-from fusedce import _arrays, _checks, functional as _functional
+from fusedce import _arrays, _checks, _direct, functional as _functional
 
 
 def _taking_cpu_tensors(name):
@@ -322,86 +322,10 @@ def _result(t, like):
     return t.to(like.dtype).contiguous()
 
 
-# The direct way for CUDA tensors. The general way (fusedce's array layer, through CuPy)
-# measured 0.7-1.4 ms of host time per call on an H200 (bench/gpu_probe.py: DLPack exchanges,
-# a dozen small CuPy operations for the "mean" and the upstream factor), against ~10 us for
-# the kernel of a 65536 x 10 batch. For the common call (2-D logits, class indices, no class
-# weights, no smoothing, no soft-cap) the operators below go straight from the tensors to
-# the kernels: a few PyTorch operations on per-row vectors, the same numbers as the general
-# way (its sums, its rounding, its IndexError), and no CuPy.
-_DIRECT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _direct_ok(input, target, weight, label_smoothing, softcap):
-    return (input.device.type == "cuda" and input.dim() == 2 and input.shape[1] > 0
-            and input.dtype in _DIRECT_DTYPES
-            and input.stride(1) == 1 and weight is None and label_smoothing == 0.0
-            and softcap is None and target.dim() == 1
-            and target.dtype in (torch.int64, torch.int32))
-
-
-def _direct_cross_entropy(input, target, ignore_index, reduction, z_loss, grad_out=None,
-                          ops=None, launch=None):
-    """Loss (and, into ``grad_out``, the gradient) of 2-D logits against class indices, by
-    one kernel call on the tensors' own memory; ``grad_out`` may be ``input`` itself.
-    ``ops`` and ``launch`` default to the CUDA kernels on PyTorch's current stream
-    (fusedce.emulated's kernels and host tensors in the tests)."""
-    ops = _arrays._core if ops is None else ops
-    x = input.detach()
-    n, c = x.shape
-    t = target.detach().contiguous()
-    cdtype = _compute_dtype(x.dtype)
-    none_ignored = False
-    if n:  # the general way's target check: one synchronisation for both ends
-        lo, hi = torch.aminmax(t)
-        lo, hi = torch.stack((lo, hi)).tolist()
-        none_ignored = not (lo <= ignore_index <= hi)
-        if lo < 0 or hi >= c:
-            bad = (t != ignore_index) & ((t < 0) | (t >= c))
-            if bool(bad.any()):
-                first = int(t[int(torch.argmax(bad.to(torch.uint8)))])
-                raise IndexError(f"target holds class index {first}, outside [0, {c}) and not "
-                                 f"ignore_index={ignore_index}")
-    denom = None
-    if reduction == "mean":
-        denom = (float(n) if none_ignored
-                 else (t != ignore_index).sum(dtype=torch.float64))
-    # the upstream factor of every row: 1/denom for "mean" (0 where denom is 0), else 1
-    if denom is None:
-        factor = torch.ones(1, dtype=cdtype, device=x.device)
-    elif isinstance(denom, float):
-        factor = torch.full((1,), 1.0 / denom if denom else 0.0, dtype=cdtype, device=x.device)
-    else:
-        factor = torch.where(denom != 0, 1.0 / torch.where(denom != 0, denom, 1.0), 0.0)
-        factor = factor.to(cdtype).reshape(1)
-    losses = torch.empty(n, dtype=cdtype, device=x.device)
-    stats = _arrays._core.RowStats(loss=losses.data_ptr(), grad=factor.data_ptr(), grad_stride=0)
-    options = _arrays._core.LossOptions(0, ignore_index, 0.0, z_loss, 0.0)
-    if launch is None:
-        dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
-        launch = _arrays._core.Launch(dev, torch.cuda.current_stream(dev).cuda_stream)
-    if n:  # (C > 0: _direct_ok)
-        rows, target_struct = _arrays.tensor_rows(x), _arrays.tensor_index_target(t)
-        if grad_out is None:
-            ops.cross_entropy_forward(rows, target_struct, options, stats, launch)
-        else:
-            ops.cross_entropy_with_grad(rows, target_struct, options, stats,
-                                        _arrays.tensor_rows(grad_out.detach()), launch)
-    if reduction == "none":
-        return losses.to(x.dtype)
-    total = losses.sum(dtype=torch.float64)
-    if reduction == "mean":
-        if isinstance(denom, float):
-            total = total / denom if denom else total * 0.0
-        else:
-            total = torch.where(denom != 0, total / torch.where(denom != 0, denom, 1.0), 0.0)
-    return total.to(cdtype).to(x.dtype)
-
-
 @_op("cross_entropy", f"(Tensor input, {_CE_SCHEMA}) -> Tensor")
 def _ce_op(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
-    if _direct_ok(input, target, weight, label_smoothing, softcap):
-        return _direct_cross_entropy(input, target, ignore_index, reduction, z_loss)
+    if _direct.plain(input, target, weight, label_smoothing, softcap):  # CUDA: the direct way
+        return _direct.cross_entropy(input, target, ignore_index, reduction, z_loss)
     with _arrays_for(input) as io:
         x, t, w = _ce_arrays(io, input, target, weight)
         loss = _fc.cross_entropy(x, t, **_ce_kwargs(w, ignore_index, reduction,
@@ -412,9 +336,9 @@ def _ce_op(input, target, weight, ignore_index, reduction, label_smoothing, z_lo
 @_op("cross_entropy_with_grad", f"(Tensor input, {_CE_SCHEMA}) -> (Tensor, Tensor)")
 def _ce_with_grad_op(input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                      softcap):
-    if _direct_ok(input, target, weight, label_smoothing, softcap):
+    if _direct.plain(input, target, weight, label_smoothing, softcap):
         grad = torch.empty_like(input, memory_format=torch.contiguous_format)
-        return _direct_cross_entropy(input, target, ignore_index, reduction, z_loss, grad), grad
+        return _direct.cross_entropy(input, target, ignore_index, reduction, z_loss, grad), grad
     with _arrays_for(input) as io:
         x, t, w = _ce_arrays(io, input, target, weight)
         loss, grad = _fc.cross_entropy_with_grad(
@@ -428,8 +352,8 @@ def _ce_with_grad_inplace_op(input, target, weight, ignore_index, reduction, lab
                              z_loss, softcap):
     kw = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
               z_loss=z_loss, softcap=softcap)
-    if _direct_ok(input, target, weight, label_smoothing, softcap) and input.is_contiguous():
-        return _direct_cross_entropy(input, target, ignore_index, reduction, z_loss, input)
+    if _direct.plain(input, target, weight, label_smoothing, softcap):
+        return _direct.cross_entropy(input, target, ignore_index, reduction, z_loss, input)
     with _arrays_for(input) as io:
         x, t, w = _ce_arrays(io, input, target, weight)
         loss, grad = _fc.cross_entropy_with_grad(x, t, inplace=True, **_ce_kwargs(w, **kw))
