@@ -480,12 +480,13 @@ def test_every_path_is_reached():
     (cases this run deselected are run here, forward only)."""
     want = every_expected_path()
     for dtype, C, device, N in row_cases():
-        if expected_row_kernel(dtype, C, device) not in REACHED:
-            x, t, _ = make_case(dtype, C, N, seed=1)
-            with fe.device(device):
-                fe.clear_launch_log()
-                fe.cross_entropy(x, t)
-                launched()
+        for plain in (False, True):  # (smoothing takes rows_resident, no option rows_plain)
+            if expected_row_kernel(dtype, C, device, plain) not in REACHED:
+                x, t, _ = make_case(dtype, C, N, seed=1)
+                with fe.device(device):
+                    fe.clear_launch_log()
+                    fe.cross_entropy(x, t, label_smoothing=0.0 if plain else 0.1)
+                    launched()
     for dtype in DTYPES:
         for C in OTHER_CS:
             if not expected_other_kernels(dtype, C) <= REACHED:
