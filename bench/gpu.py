@@ -101,9 +101,10 @@ def linear_section(args, say):
 
             runs = [("three GEMMs (floor)", gemms, 0),
                     ("fusedce linear_cross_entropy",
-                     step(lambda: ft.linear_cross_entropy(x, w, t)), grads_bytes),
-                    ("torch F.linear_cross_entropy",
-                     step(lambda: F.linear_cross_entropy(x, w, t)), grads_bytes)]
+                     step(lambda: ft.linear_cross_entropy(x, w, t)), grads_bytes)]
+            if hasattr(F, "linear_cross_entropy"):  # (PyTorch 2.13 on; 2.11 has none)
+                runs.append(("torch F.linear_cross_entropy",
+                             step(lambda: F.linear_cross_entropy(x, w, t)), grads_bytes))
             if hasattr(torch.nn, "LinearCrossEntropyOptions"):
                 runs.append(("torch chunked options", step(lambda: F.linear_cross_entropy(
                     x, w, t, options=torch.nn.LinearCrossEntropyOptions())), grads_bytes))

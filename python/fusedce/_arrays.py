@@ -380,8 +380,8 @@ def flat_vector(a, xp, dtype):
     return xp.ascontiguousarray(xp.asarray(a, dtype=dtype).reshape(-1))
 
 
-# PyTorch tensors straight to the kernels' structs (fusedce.torch's direct way for CUDA
-# tensors, which skips the array layer above: see fusedce.torch._direct_cross_entropy).
+# PyTorch tensors straight to the kernels' structs (the direct way for CUDA tensors, which
+# skips the array layer above: see fusedce._direct).
 _TORCH_CODES: dict = {}
 
 
