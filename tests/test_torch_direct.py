@@ -92,7 +92,7 @@ def test_direct_way_is_taken_only_for_plain_calls():
     t = torch.tensor([0, 1, 2, 0])
     assert not _direct.plain(x, t, None, 0.0, None)  # a CPU tensor: the CPU kernels
     assert not _direct.plain(x.to("meta"), t.to("meta"), None, 0.0, None)
-    ok = functools.partial(_direct.plain, device_type="cpu")
+    ok = functools.partial(_direct.plain, device_types=("cpu",))
     assert ok(x, t, None, 0.0, None) and ok(x, t.int(), None, 0.0, None)
     assert ok(x.to(torch.bfloat16), t, None, 0.0, None)
     assert not ok(x, t, torch.ones(3), 0.0, None)
@@ -126,7 +126,7 @@ def numpy_api_direct(monkeypatch):
     """The NumPy API's cross_entropy and cross_entropy_with_grad as they run for PyTorch CUDA
     tensors (a backend with PyTorch's stream), here on host tensors and fusedce.emulated's
     kernels; calls that do not take the direct way fail loudly (they would need CuPy)."""
-    monkeypatch.setattr(_direct, "plain", functools.partial(_direct.plain, device_type="cpu"))
+    monkeypatch.setattr(_direct, "plain", functools.partial(_direct.plain, device_types=("cpu",)))
     monkeypatch.setattr(_direct, "cross_entropy", functools.partial(
         _direct.cross_entropy, ops=_emulated, launch=_core.Launch(0, 0)))
     backend = _arrays.Backend(np, 0, _emulated, True, torch_stream=0)
@@ -202,3 +202,42 @@ def test_numpy_api_direct_way_errors_and_fallbacks(numpy_api_direct, monkeypatch
                  lambda: ce(x.unsqueeze(0), t.unsqueeze(0), axis=2)):
         with pytest.raises(AssertionError, match="general way"):
             call()
+
+
+# ------------------------------------------------------------------ the CPU kernels
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_direct_way_on_the_cpu_kernels_equals_the_general_way(dtype, reduction):
+    """The direct way on host tensors runs the CPU kernels on the tensors' memory: the same
+    bits as the array layer's way (fusedce's NumPy API on the same CPU tensors), loss and
+    gradient, with and without ignored rows and the z-loss."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(41, 300, generator=g) * 3).to(dtype)
+    t = torch.randint(0, 300, (41,), generator=g)
+    assert _direct.plain(x, t, None, 0.0, None, ("cpu",))
+    for tt in (t, torch.where(torch.arange(41) % 7 == 0, -100, t)):
+        for z in (0.0, 0.02):
+            grad = torch.empty_like(x)
+            loss = _direct.cross_entropy(x, tt, -100, reduction, z, grad, ops=_core)
+            want_loss, want_grad = ft._fc.cross_entropy_with_grad(x, tt, axis=1, reduction=reduction, z_loss=z)
+            want_loss = torch.as_tensor(np.asarray(want_loss)).to(dtype)
+            want_grad = want_grad if isinstance(want_grad, torch.Tensor) else torch.from_numpy(want_grad)
+            assert torch.equal(loss, want_loss) and torch.equal(grad, want_grad)
+            only = _direct.cross_entropy(x, tt, -100, reduction, z, ops=_core)
+            want_only = ft._fc.cross_entropy(x, tt, axis=1, reduction=reduction, z_loss=z)
+            assert torch.equal(only, torch.as_tensor(np.asarray(want_only)).to(dtype))
+
+
+def test_neg_views_take_the_general_way():
+    """A tensor whose negation is pending holds its values unnegated in memory: the direct
+    way, which reads memory, must leave it to the general way (which resolves it)."""
+    x = torch.randn(6, 5)
+    t = torch.tensor([0, 1, 2, 3, 4, 0])
+    neg = torch._neg_view(x)
+    assert neg.is_neg() and not _direct.plain(neg, t, None, 0.0, None, ("cpu",))
+    assert not _direct.usable_out(torch._neg_view(torch.empty(6, 5)), x)
+    xr = neg.detach().clone().requires_grad_(True)  # the values -x, resolved
+    for a in (neg, xr):
+        loss = ft.cross_entropy(a, t, reduction="none")
+        torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(-x, t, reduction="none"))

@@ -11,7 +11,9 @@ few PyTorch operations on per-row vectors around one kernel call. The numbers ar
 general way's: its target check (IndexError), its float64 sums, its 0 for a "mean" over no
 counted row, its rounding of the upstream factor.
 
-``ops`` and ``launch`` default to the CUDA kernels on PyTorch's current stream; the tests
+``ops`` and ``launch`` default to the CUDA kernels on PyTorch's current stream, and to the
+CPU kernels for host tensors (which the tests use; fusedce.torch keeps the array layer on
+the CPU, which measured cheaper per call there); the tests
 (tests/test_torch_direct.py in the source repository) pass fusedce.emulated's kernels and
 host tensors.
 """
@@ -37,14 +39,18 @@ def empty_like(logits):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
-def plain(logits, target, weight, label_smoothing, softcap, device_type="cuda") -> bool:
-    """Whether a call can go the direct way: PyTorch tensors on a CUDA device (``device_type``
-    for the tests), 2-D logits with contiguous classes (at least one), a 1-D int32/int64
-    target on the same device, no class weights, no smoothing, no soft-cap."""
+def plain(logits, target, weight, label_smoothing, softcap, device_types=("cuda",)) -> bool:
+    """Whether a call can go the direct way: PyTorch tensors on a device of ``device_types``
+    ("cpu" in the tests: the CPU kernels take host pointers alike), 2-D logits with
+    contiguous classes (at least one), a 1-D int32/int64 target on the same device, no class
+    weights, no smoothing, no soft-cap. Tensors whose negation is pending (a "neg view",
+    whose memory holds the values unnegated) are left to the general way, which resolves
+    it."""
     return (isinstance(logits, torch.Tensor) and isinstance(target, torch.Tensor)
-            and logits.device.type == device_type and target.device == logits.device
+            and logits.device.type in device_types and target.device == logits.device
             and logits.dim() == 2 and logits.shape[1] > 0 and logits.stride(1) == 1
             and logits.dtype in _DTYPES and target.dim() == 1 and target.dtype in _INDEX_DTYPES
+            and not logits.is_neg() and not target.is_neg()
             and weight is None and label_smoothing == 0.0 and softcap is None)
 
 
@@ -61,7 +67,7 @@ def usable_out(out, logits) -> bool:
     dtype, shape, contiguous classes) that is either the logits themselves, element for
     element, or shares none of their bytes."""
     if not (isinstance(out, torch.Tensor) and out.device == logits.device and out.dtype == logits.dtype
-            and out.shape == logits.shape and out.stride(1) == 1):
+            and out.shape == logits.shape and out.stride(1) == 1 and not out.is_neg()):
         return False
     if out.data_ptr() == logits.data_ptr() and out.stride() == logits.stride():
         return True
@@ -110,9 +116,11 @@ def cross_entropy(input, target, ignore_index, reduction, z_loss, grad_out=None,
     if n:
         stats = _core.RowStats(loss=losses.data_ptr(), grad=factor.data_ptr(), grad_stride=0)
         options = _core.LossOptions(0, ignore_index, 0.0, z_loss, 0.0)
-        if launch is None:
+        if launch is None and x.device.type == "cuda":
             dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
             launch = _core.Launch(dev, torch.cuda.current_stream(dev).cuda_stream)
+        elif launch is None:  # host tensors: the CPU kernels
+            launch = _core.Launch()
         rows, index = _arrays.tensor_rows(x), _arrays.tensor_index_target(t)
         if grad_out is None:
             ops.cross_entropy_forward(rows, index, options, stats, launch)
@@ -122,7 +130,11 @@ def cross_entropy(input, target, ignore_index, reduction, z_loss, grad_out=None,
     loss_dtype = x.dtype if loss_dtype is None else loss_dtype
     if reduction == "none":
         return losses.to(loss_dtype)
-    total = losses.sum(dtype=torch.float64)
+    if x.device.type == "cpu":  # the array layer's own sum on the host: the same bits
+        total = torch.tensor(_core.sum_as_double(losses.data_ptr(), n, _arrays._torch_code(cdtype))
+                             if n else 0.0, dtype=torch.float64)
+    else:
+        total = losses.sum(dtype=torch.float64)
     if reduction == "mean":
         if isinstance(denom, float):
             total = total / denom if denom else total * 0.0

@@ -322,9 +322,14 @@ def _result(t, like):
     return t.to(like.dtype).contiguous()
 
 
+# On CUDA the plain call (2-D logits, class indices, no weights, smoothing or soft-cap) goes
+# straight from the tensors to the kernels (fusedce._direct): 0.6 ms less host time per call on
+# an H200 (docs/gpu.md in the source repository). Not on the CPU: there the array layer's own
+# helpers cost less than the direct way's PyTorch operations (PyTorch 2.13, 64 x 10 float32,
+# one thread, the public call: forward 54 us -> 69 us that way, forward + backward 217 -> 207).
 @_op("cross_entropy", f"(Tensor input, {_CE_SCHEMA}) -> Tensor")
 def _ce_op(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
-    if _direct.plain(input, target, weight, label_smoothing, softcap):  # CUDA: the direct way
+    if _direct.plain(input, target, weight, label_smoothing, softcap):
         return _direct.cross_entropy(input, target, ignore_index, reduction, z_loss)
     with _arrays_for(input) as io:
         x, t, w = _ce_arrays(io, input, target, weight)
