@@ -347,6 +347,21 @@ __device__ __forceinline__ void loss_logits(const RowArgs<T>& a, const Pack<T>& 
   }
 }
 
+// A team's share of row xr into registers, read once (evict-first): this thread's pack j
+// holds the columns from (j * threads + rank) * VEC on; past the row's end, and for a row
+// past the last, -inf, neutral for the max and the sum of exps.
+template <typename T, int NV>
+__device__ __forceinline__ void load_row(Pack<T> (&x)[NV], const RowArgs<T>& a, const T* xr, int threads,
+                                         int rank, bool active) {
+  constexpr int VEC = Pack<T>::N;
+  const T pad = from_compute<T>(neg_inf<compute_t<T>>());
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int c0 = (j * threads + rank) * VEC;
+    load_pack(x[j], xr + c0, active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0, a.vec, pad, true);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // v2: the row in registers
 // ---------------------------------------------------------------------------------------------
@@ -367,7 +382,6 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
   Team team(storage);
   const Flags<T> f(a);
   const int rank = team.rank();
-  const T pad = from_compute<T>(neg_inf<S>());
   const T zero = from_compute<T>(S(0));
   if (a.shard_wsum) sum_all_weights<T, Team::kBlock>(a, weights);
 
@@ -379,11 +393,7 @@ __global__ void __launch_bounds__(Team::kBlock) rows_resident(const RowArgs<T> a
 
     // 1. the row into registers (padding: -inf, neutral for max and exp-sum)
     Pack<T> x[NV];
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int c0 = (j * team.threads() + rank) * VEC;
-      load_pack(x[j], xr + c0, active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0, a.vec, pad, true);
-    }
+    load_row(x, a, xr, team.threads(), rank, active);
     int64_t t;
     const int state = read_target(a, f, active, row, t);
 
@@ -562,7 +572,6 @@ __global__ void __launch_bounds__(Team::kBlock, Team::kBlock >= 512 ? 1 : 512 / 
   const Flags<T> f(a);
   const int rank = team.rank();
   const int threads = team.threads();
-  const T pad = from_compute<T>(neg_inf<S>());
 
   for (int64_t base = team.begin(); base < a.n; base += team.step()) {
     const int64_t row = base + team.sub_row();
@@ -572,11 +581,7 @@ __global__ void __launch_bounds__(Team::kBlock, Team::kBlock >= 512 ? 1 : 512 / 
 
     // 1. the row into registers (padding: -inf)
     Pack<T> x[NV];
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int c0 = (j * threads + rank) * VEC;
-      load_pack(x[j], xr + c0, active ? clamp_valid(int64_t{a.c} - c0, VEC) : 0, a.vec, pad, true);
-    }
+    load_row(x, a, xr, threads, rank, active);
     int64_t t;
     const int state = read_target(a, f, active, row, t);
     const PackOf tp = pack_of<VEC>(state == kNormal ? t : -1, a.c, threads);
