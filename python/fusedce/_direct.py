@@ -39,6 +39,13 @@ def empty_like(logits):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
+def _divide(value, denom):
+    """value / denom for a 0-d tensor ``denom``, and 0 where it is 0 ("mean" over no counted
+    row: fusedce's 0, not NaN), on the device: no synchronisation."""
+    nonzero = denom != 0
+    return torch.where(nonzero, value / torch.where(nonzero, denom, 1.0), 0.0)
+
+
 def plain(logits, target, weight, label_smoothing, softcap, device_types=("cuda",)) -> bool:
     """Whether a call can go the direct way: PyTorch tensors on a device of ``device_types``
     ("cpu" in the tests: the CPU kernels take host pointers alike), 2-D logits with
@@ -109,9 +116,7 @@ def cross_entropy(input, target, ignore_index, reduction, z_loss, grad_out=None,
     elif isinstance(denom, float):
         factor = torch.full((1,), grad_scale / denom if denom else 0.0, dtype=cdtype, device=x.device)
     else:
-        nonzero = denom != 0
-        factor = torch.where(nonzero, grad_scale / torch.where(nonzero, denom, 1.0), 0.0)
-        factor = factor.to(cdtype).reshape(1)
+        factor = _divide(grad_scale, denom).to(cdtype).reshape(1)
     losses = torch.empty(n, dtype=cdtype, device=x.device)
     if n:
         stats = _core.RowStats(loss=losses.data_ptr(), grad=factor.data_ptr(), grad_stride=0)
@@ -139,5 +144,5 @@ def cross_entropy(input, target, ignore_index, reduction, z_loss, grad_out=None,
         if isinstance(denom, float):
             total = total / denom if denom else total * 0.0
         else:
-            total = torch.where(denom != 0, total / torch.where(denom != 0, denom, 1.0), 0.0)
+            total = _divide(total, denom)
     return total.to(cdtype).to(loss_dtype)

@@ -73,8 +73,6 @@ _fc = types.SimpleNamespace(**{name: _taking_cpu_tensors(name) for name in (
 __all__ = ["cross_entropy", "CrossEntropyLoss", "nll_loss", "log_softmax", "softmax",
            "linear_cross_entropy", "LinearCrossEntropyLoss", "distributed"]
 
-_HALF = (torch.float16, torch.bfloat16)
-
 
 # ------------------------------------------------------------------------------------------
 # Moving tensors in and out of fusedce
@@ -186,9 +184,8 @@ def _arrays_for(t):
     raise TypeError(f"input: fusedce.torch runs on CPU and CUDA tensors, not {t.device.type!r}")
 
 
-def _compute_dtype(dtype):
-    """The floating dtype fusedce computes a loss in for an input of `dtype`."""
-    return torch.float32 if dtype in _HALF else dtype
+# The floating dtype fusedce computes a loss in for an input of a given dtype.
+_compute_dtype = _direct.compute_dtype
 
 
 def _check_input(input, name="input"):
@@ -342,7 +339,7 @@ def _ce_op(input, target, weight, ignore_index, reduction, label_smoothing, z_lo
 def _ce_with_grad_op(input, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                      softcap):
     if _direct.plain(input, target, weight, label_smoothing, softcap):
-        grad = torch.empty_like(input, memory_format=torch.contiguous_format)
+        grad = _direct.empty_like(input)
         return _direct.cross_entropy(input, target, ignore_index, reduction, z_loss, grad), grad
     with _arrays_for(input) as io:
         x, t, w = _ce_arrays(io, input, target, weight)
