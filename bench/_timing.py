@@ -5,8 +5,8 @@ number of repetitions, median of wall-clock times from `time.perf_counter`), a
 `measure_interleaved` function that times several callables in alternating rounds (so
 that a kernel and the copy it is divided by are measured close together in time), a
 `Ratio` of two such measurements with its spread, a small progress reporter that writes
-to stderr (so a table printed on stdout stays clean), and a description of the machine
-for the report header.
+to stderr (so a table printed on stdout stays clean), a `Report` that prints lines and
+keeps them for a file, and a description of the machine for the report header.
 
 `measure` takes an optional `setup` callable, run before every repetition and not
 timed (e.g. to refresh a scratch buffer that an in-place kernel overwrites), and an
@@ -382,6 +382,23 @@ class Progress:
             return
         self.stream.write(f"[{self.elapsed:7.1f}s] {message}\n")
         self.stream.flush()
+
+
+class Report:
+    """Lines printed on stdout as they come (a cut-off run still shows them) and kept, to be
+    written to a file at the end: ``say(line)``, then ``say.write(path)``."""
+
+    def __init__(self):
+        self.lines: List[str] = []
+
+    def __call__(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def write(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write("\n".join(self.lines) + "\n")
 
 
 def fmt_ms(ms: Optional[float]) -> str:

@@ -13,11 +13,15 @@ torch.cuda.max_memory_allocated() during one call minus what was allocated befor
 the outputs the call must produce (loss vector, gradient when not in-place).
 """
 import argparse
+import os
 import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import Report  # noqa: E402
 
 SHAPES = [(8192, 32000), (8192, 128256), (4096, 262144), (16384, 1000), (65536, 10)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -142,11 +146,7 @@ def main():
         return 0
     import fusedce
 
-    lines = []
-
-    def say(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    say = Report()
 
     dev = torch.cuda.get_device_name()
     say(f"# fusedce GPU benchmark on {dev}")
@@ -297,11 +297,7 @@ def main():
         say(s)
     if not args.no_linear:
         linear_section(args, say)
-    import os
-
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    say.write(args.out)
     print(f"\nwritten to {args.out}")
     return 0
 

@@ -25,6 +25,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import Report  # noqa: E402
+
 SHAPES = [(8192, 32000), (8192, 128256), (4096, 262144), (32768, 600), (16384, 1000),
           (65536, 128), (65536, 10)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -181,11 +184,7 @@ def main():
         return 0
     import fusedce
 
-    lines = []
-
-    def say(s=""):
-        print(s, flush=True)
-        lines.append(s)
+    say = Report()
 
     simple = os.environ.get("FUSEDCE_CUDA_SIMPLE", "") not in ("", "0")
     say(f"# fusedce GPU probe on {torch.cuda.get_device_name()}, "
@@ -199,9 +198,7 @@ def main():
         say()
         if not args.kernels_only:
             host_overhead(say)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            fh.write("\n".join(lines) + "\n")
+        say.write(args.out)
     return 0
 
 
