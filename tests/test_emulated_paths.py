@@ -158,6 +158,18 @@ def loss_close(got, want, dtype, what, C):
                                atol=scale * (10 + math.sqrt(C)), err_msg=what)
 
 
+def check_softmax_and_log_softmax(for_softmax, for_log_softmax, x64, dtype):
+    """softmax of one array and log_softmax of another, both holding the values x64, against
+    the float64 reference (infinities where it has them)."""
+    close(fe.softmax(for_softmax), ref.softmax(x64), dtype, "softmax", 1.0)
+    ls = fe.log_softmax(for_log_softmax)
+    want_ls = ref.log_softmax(x64)
+    fin = np.isfinite(want_ls)
+    assert np.array_equal(np.isfinite(ls.astype(np.float64)), fin)
+    # log p carries the rounding of x and of lse: scaled like a loss, not like log p
+    close(ls.astype(np.float64)[fin], want_ls[fin], dtype, "log_softmax", 10 + np.abs(x64[fin]).max())
+
+
 def make_case(dtype, C, N, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((N, C)) * 3).astype(np_dtype(dtype))
@@ -215,14 +227,7 @@ def test_row_kernel_path(dtype, C, device, N):
         with np.errstate(invalid="ignore"):
             finite = np.isfinite(wpl)
         loss_close(pl[finite], wpl[finite], dtype, "probability-target loss", C)
-        sm = fe.softmax(shifted)
-        close(sm, ref.softmax(x64), dtype, "softmax", 1.0)
-        ls = fe.log_softmax(x)
-        want_ls = ref.log_softmax(x64)
-        fin = np.isfinite(want_ls)
-        assert np.array_equal(np.isfinite(ls.astype(np.float64)), fin)
-        # log p carries the rounding of x and of lse: scaled like a loss, not like log p
-        close(ls.astype(np.float64)[fin], want_ls[fin], dtype, "log_softmax", 10 + np.abs(x64[fin]).max())
+        check_softmax_and_log_softmax(shifted, x, x64, dtype)
         # probability targets take rows_resident, softmax and log_softmax rows_plain
         # (past the longest resident row both are the streaming kernel)
         assert launched() == {kernel, expected_row_kernel(dtype, C, device, plain=True)}
@@ -361,13 +366,7 @@ def test_plain_row_kernel_path(dtype, C, device, N):
         if big:
             return
 
-        sm = fe.softmax(x)
-        close(sm, ref.softmax(x64), dtype, "softmax", 1.0)
-        ls = fe.log_softmax(x)
-        want_ls = ref.log_softmax(x64)
-        fin = np.isfinite(want_ls)
-        assert np.array_equal(np.isfinite(ls.astype(np.float64)), fin)
-        close(ls.astype(np.float64)[fin], want_ls[fin], dtype, "log_softmax", 10 + np.abs(x64[fin]).max())
+        check_softmax_and_log_softmax(x, x, x64, dtype)
         assert launched() == {kernel}
 
         # a row of all -inf: NaN loss, gradient and softmax; an out-of-range target: a NaN row
