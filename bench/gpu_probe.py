@@ -27,28 +27,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import Report  # noqa: E402
+from gpu import cuda_time  # noqa: E402
 
 SHAPES = [(8192, 32000), (8192, 128256), (4096, 262144), (32768, 600), (16384, 1000),
           (65536, 128), (65536, 10)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def events_ms(fn, reps, warmup=2):
+def events_ms(fn, reps):
     """Median over 3 trials of (time of `reps` back-to-back calls) / reps, in ms."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    trials = []
-    for _ in range(3):
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(reps):
-            fn()
-        b.record()
-        b.synchronize()
-        trials.append(a.elapsed_time(b) / reps)
-    return statistics.median(trials)
+    return cuda_time(fn, 3, warmup=2, batch=reps)
 
 
 def kernels(say):
