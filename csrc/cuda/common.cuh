@@ -458,6 +458,7 @@ inline bool launch_trace_on() {
 
 template <typename... Args>
 inline void trace_launch(const char* format, Args... args) {
+  if (!launch_trace_on()) return;
   static char last[256];
   char line[256];
   std::snprintf(line, sizeof(line), format, args...);

@@ -792,10 +792,9 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
     constexpr int rows_per_block = Team::kBlock / Team::kThreads;
     const int64_t blocks_needed = (a.n + rows_per_block - 1) / rows_per_block;
     const unsigned grid = grid_for(blocks_needed, props.sm_count, cache.v[slot]);
-    if (launch_trace_on())
-      trace_launch("%s n=%lld c=%d: %d threads per row, blocks of %d, "
-                   "%d packs per thread, grid %u (%d blocks per SM)", Plain ? "rows_plain" : "rows_resident",
-                   static_cast<long long>(a.n), a.c, Team::kThreads, Team::kBlock, NV, grid, cache.v[slot]);
+    trace_launch("%s n=%lld c=%d: %d threads per row, blocks of %d, "
+                 "%d packs per thread, grid %u (%d blocks per SM)", Plain ? "rows_plain" : "rows_resident",
+                 static_cast<long long>(a.n), a.c, Team::kThreads, Team::kBlock, NV, grid, cache.v[slot]);
     simt::launch<kernel>(grid, Team::kBlock, stream, a);
     check_launch("rows_resident");
     return true;
@@ -826,10 +825,9 @@ bool launch_resident(const RowArgs<T>& a, int device, const DeviceProps& props, 
     if (cache.v[slot] <= 0) return false;
     const int64_t clusters = a.n < cache.v[slot] ? a.n : cache.v[slot];
     cfg.gridDim = dim3(static_cast<unsigned>(clusters * k), 1, 1);
-    if (launch_trace_on())
-      trace_launch("%s n=%lld c=%d: clusters of %d blocks of %d, %d packs "
-                   "per thread, grid %lld clusters (%d clusters fit)", Plain ? "rows_plain" : "rows_resident",
-                   static_cast<long long>(a.n), a.c, k, Team::kBlock, NV, static_cast<long long>(clusters), cache.v[slot]);
+    trace_launch("%s n=%lld c=%d: clusters of %d blocks of %d, %d packs "
+                 "per thread, grid %lld clusters (%d clusters fit)", Plain ? "rows_plain" : "rows_resident",
+                 static_cast<long long>(a.n), a.c, k, Team::kBlock, NV, static_cast<long long>(clusters), cache.v[slot]);
     check(simt::launch_ex<kernel>(cfg, a), "rows_resident (cluster)");
     return true;
   }
@@ -843,9 +841,8 @@ void launch_streaming(const RowArgs<T>& a, int device, const DeviceProps& props,
   const int slot = device >= 0 && device < 64 ? device : 0;
   if (cache.v[slot] < 0) cache.v[slot] = blocks_per_sm(kernel, kBlock);
   const unsigned grid = grid_for(a.n, props.sm_count, cache.v[slot]);
-  if (launch_trace_on())
-    trace_launch("rows_streaming n=%lld c=%d: blocks of %d, grid %u (%d blocks per SM)",
-                 static_cast<long long>(a.n), a.c, kBlock, grid, cache.v[slot]);
+  trace_launch("rows_streaming n=%lld c=%d: blocks of %d, grid %u (%d blocks per SM)",
+               static_cast<long long>(a.n), a.c, kBlock, grid, cache.v[slot]);
   simt::launch<kernel>(grid, kBlock, stream, a);
   check_launch("rows_streaming");
 }
