@@ -918,6 +918,7 @@ struct Twice {
   }
   static Twice round_nearest(Twice x) { return {V::round_nearest(x.lo), V::round_nearest(x.hi)}; }
   static Twice ldexp(Twice p, Twice n) { return {V::ldexp(p.lo, n.lo), V::ldexp(p.hi, n.hi)}; }
+  static Twice table16(const T* table, Twice key) { return {V::table16(table, key.lo), V::table16(table, key.hi)}; }
 };
 
 // Calls put(c, v) with the class vectors v of W rows at x (`stride` apart): lane i of v is

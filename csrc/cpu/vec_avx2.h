@@ -1,6 +1,7 @@
 // AVX2 + FMA vectors: 8 floats or 4 doubles. Same interface as ScalarVec (vec_scalar.h).
 #pragma once
 #include <immintrin.h>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -136,9 +137,17 @@ struct V32 {
   static V32 round_nearest(V32 x) {
     return {_mm256_round_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
   }
-  static V32 ldexp(V32 p, V32 n) {
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23);
+  static V32 ldexp(V32 p, V32 n) {  // p 2^floor(n)
+    const __m256i whole = _mm256_cvtps_epi32(_mm256_floor_ps(n.v));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(whole, _mm256_set1_epi32(127)), 23);
     return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(e))};
+  }
+  // table[j], j the last four bits of each lane's bits: two 8-entry permutes, bit 3 chooses.
+  static V32 table16(const float* table, V32 key) {
+    const __m256i j = _mm256_castps_si256(key.v);
+    const __m256 low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), j);
+    const __m256 high = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), j);
+    return {_mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(j, 28)))};
   }
   float hsum() const {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -228,10 +237,10 @@ struct V64 {
   static V64 round_nearest(V64 x) {
     return {_mm256_round_pd(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
   }
-  static V64 ldexp(V64 p, V64 n) {
+  static V64 ldexp(V64 p, V64 n) {  // p 2^floor(n)
     // AVX2 cannot convert doubles to int64: adding 1.5 * 2^52 puts n in the low mantissa bits.
     const __m256d shifter = _mm256_set1_pd(6755399441055744.0);
-    __m256i bits = _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(n.v, shifter)),
+    __m256i bits = _mm256_sub_epi64(_mm256_castpd_si256(_mm256_add_pd(_mm256_floor_pd(n.v), shifter)),
                                     _mm256_castpd_si256(shifter));
     __m256i e = _mm256_slli_epi64(_mm256_add_epi64(bits, _mm256_set1_epi64x(1023)), 52);
     return {_mm256_mul_pd(p.v, _mm256_castsi256_pd(e))};

@@ -1,6 +1,7 @@
 // AVX-512 (F + DQ) vectors: 16 floats or 8 doubles. Same interface as ScalarVec (vec_scalar.h).
 #pragma once
 #include <immintrin.h>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -157,7 +158,11 @@ struct V32 {
   static V32 round_nearest(V32 x) {
     return {_mm512_roundscale_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
   }
-  static V32 ldexp(V32 p, V32 n) { return {_mm512_scalef_ps(p.v, n.v)}; }
+  static V32 ldexp(V32 p, V32 n) { return {_mm512_scalef_ps(p.v, n.v)}; }  // p 2^floor(n)
+  // table[j], j the last four bits of each lane's bits: one permute of a register.
+  static V32 table16(const float* table, V32 key) {
+    return {_mm512_permutexvar_ps(_mm512_castps_si512(key.v), _mm512_loadu_ps(table))};
+  }
   float hsum() const { return _mm512_reduce_add_ps(v); }
   float hmax() const { return _mm512_reduce_max_ps(v); }
 };
@@ -229,7 +234,7 @@ struct V64 {
   static V64 round_nearest(V64 x) {
     return {_mm512_roundscale_pd(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
   }
-  static V64 ldexp(V64 p, V64 n) { return {_mm512_scalef_pd(p.v, n.v)}; }
+  static V64 ldexp(V64 p, V64 n) { return {_mm512_scalef_pd(p.v, n.v)}; }  // p 2^floor(n)
   double hsum() const { return _mm512_reduce_add_pd(v); }
   double hmax() const { return _mm512_reduce_max_pd(v); }
 };

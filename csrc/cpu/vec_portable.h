@@ -1,5 +1,6 @@
 // The portable instruction set: one lane at a time (the compiler may still vectorise).
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 

@@ -96,15 +96,24 @@ struct ScalarVec {
     T t = x.v + shifter;  // not folded away: we never build with -ffast-math
     return {t - shifter};
   }
-  // p * 2^n for an integral n inside the exponent range: build 2^n from its bits.
+  // p * 2^floor(n) for floor(n) inside the exponent range: build 2^floor(n) from its bits.
+  // (vexp passes float n in sixteenths: floor keeps the whole part, the table the rest.)
   static ScalarVec ldexp(ScalarVec p, ScalarVec n) {
     constexpr int mant = sizeof(T) == 4 ? 23 : 52;
     constexpr int64_t bias = sizeof(T) == 4 ? 127 : 1023;
     if (!(n.v == n.v)) return {n.v};  // NaN: converting it to an integer would be undefined
-    Bits bits = static_cast<Bits>(static_cast<int64_t>(n.v) + bias) << mant;
+    Bits bits = static_cast<Bits>(static_cast<int64_t>(std::floor(n.v)) + bias) << mant;
     T scale;
     std::memcpy(&scale, &bits, sizeof(T));
     return {p.v * scale};
+  }
+
+  // table[j] for j the last four bits of each lane's bit pattern (vexp's 2^(j/16), whose key
+  // is a float whose last four mantissa bits hold j).
+  static ScalarVec table16(const T* table, ScalarVec key) {
+    Bits bits;
+    std::memcpy(&bits, &key.v, sizeof(T));
+    return {table[bits & 15]};
   }
 
   T hsum() const { return v; }

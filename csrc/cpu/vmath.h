@@ -1,19 +1,25 @@
 // exp() on a vector of floats or doubles, for the kernels' inner loops.
 //
-// exp(x) = 2^n * exp(r) with n = round(x / ln2) and r = x - n ln2, |r| <= ln2/2; ln2 is split
-// in a high part (exact in n * ln2_hi) and a low part (Cody & Waite), and exp(r) is a
-// polynomial in Horner form: degree 6 for float (coefficients fitted here to exp on
-// [-ln2/2, ln2/2] in the Chebyshev sense, 1.9e-9 relative error before rounding), the Taylor
-// series to r^13 for double. tests/test_exp.py measures the whole function against numpy's
-// exp: relative error below 3e-7 (float) and 1e-15 (double), a few ulp.
+// float: exp(x) = 2^(k/16) * exp(r) with k = round(16 x / ln2) and r = x - (k/16) ln2,
+// |r| <= ln2/32. 2^(k/16) is 2^floor(k/16) (V::ldexp) times 2^((k mod 16)/16) from a table of
+// 16 floats (V::table16); exp(r) = 1 + r + r^2 (c2 + c3 r), coefficients fitted here to exp on
+// [-ln2/32, ln2/32] (1.6e-9 relative error before rounding). Each table entry is 2^(j/16)
+// rounded to float (up to 4.7e-8 relative), the largest error left.
+// double: exp(x) = 2^n * exp(r) with n = round(x / ln2), |r| <= ln2/2, and the Taylor series
+// to r^13.
+// Both split ln2 in a high part (exact in n * ln2_hi) and a low part (Cody & Waite).
+// tests/test_exp.py measures the whole function against numpy's exp: relative error below
+// 3e-7 (float: 1.1e-7 measured) and 1e-15 (double), a few ulp.
 // Arguments below the smallest normal result (-87.3 float, -708.4 double), -inf included,
 // give exactly 0: the subnormal range is flushed, an absolute error below 1.2e-38 / 2.3e-308.
 // NaN gives NaN. Kernels call it on x - max(x) or x - lse, <= 0 unless a caller's lse is
 // wrong; larger arguments are clamped to 88 / 709 on the paths whose 2^n construction would
-// wrap (AVX2, portable). The softmax sweeps (sum_exp in rowwise.h), whose arguments are <= 0
-// by construction, call vexp_nonpositive below, one or two operations shorter.
-// About 12 vector operations per vector of results: the fused kernels are bound by this,
-// not by memory, on one core, so every operation saved here shows in the benchmark.
+// wrap (AVX2, portable), to 128 (float, still inf) on AVX-512. The softmax sweeps (sum_exp in
+// rowwise.h), whose arguments are <= 0 by construction, call vexp_nonpositive below, which
+// needs no clamp from above.
+// The fused kernels are bound by this function, not by memory, on one core (Zen 4: the table
+// took the float version from about 14 to 10 cycles per 16 values, 9 to 7 multiply-adds), so
+// every operation saved here shows in the benchmark.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -27,7 +33,15 @@ template <> struct ExpConstants<float> {
   static constexpr float lowest = -87.33654f, highest = 88.0f;
   static constexpr float log2e = 1.44269504088896341f;
   static constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-  static constexpr float shifter = 12582912.0f;  // 1.5 2^23: x + shifter - shifter rounds x
+  // 1.5 2^19: x + shifter - shifter rounds x to a multiple of 1/16, and the sum's last four
+  // mantissa bits hold 16 x mod 16 (valid while |x| < 2^18)
+  static constexpr float shifter = 786432.0f;
+  static constexpr float c2 = 0.5000163316726685f, c3 = 0.16667009890079498f;
+  // 2^(j/16), j = 0..15, each rounded to the nearest float
+  static constexpr float exp2_sixteenths[16] = {
+      0x1p+0f,         0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f, 0x1.306fe0p+0f, 0x1.3dea64p+0f,
+      0x1.4bfdaep+0f,  0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f,
+      0x1.ae89fap+0f,  0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f};
 };
 template <> struct ExpConstants<double> {
   static constexpr double lowest = -708.3964185322641, highest = 709.0;
@@ -36,20 +50,24 @@ template <> struct ExpConstants<double> {
   static constexpr double shifter = 6755399441055744.0;  // 1.5 2^52
 };
 
+// float: exp(x) for x or its clamped value xc (the table's 2^(k/16): see the top of this file).
+// Lanes of x below `lowest` are zeroed, whatever the arithmetic made of them.
 template <class V>
-inline V exp_poly(V r, float) {
-  V p = V::set1(1.3829421950504184e-3f);
-  p = V::fma(p, r, V::set1(8.374772034585476e-3f));
-  p = V::fma(p, r, V::set1(4.16683591902256e-2f));
-  p = V::fma(p, r, V::set1(1.666642129421234e-1f));
-  p = V::fma(p, r, V::set1(4.9999991059303284e-1f));
-  p = V::fma(p, r, V::set1(1.0f));
-  return V::fma(p, r, V::set1(1.0f));
+inline V exp_float(V x, V xc) {
+  using K = ExpConstants<float>;
+  const V shifter = V::set1(K::shifter);
+  const V s = V::fma(xc, V::set1(K::log2e), shifter);  // k/16 + shifter, k mod 16 in its last bits
+  const V n = s - shifter;                              // k/16
+  V r = V::fma(n, V::set1(-K::ln2_hi), xc);
+  r = V::fma(n, V::set1(-K::ln2_lo), r);
+  const V expm1_r = V::fma(V::fma(V::set1(K::c3), r, V::set1(K::c2)), r * r, r);
+  const V t = V::table16(K::exp2_sixteenths, s);         // 2^((k mod 16) / 16)
+  return V::zero_if_less(x, V::set1(K::lowest), V::ldexp(V::fma(t, expm1_r, t), n));
 }
 
+// double: sum_{k=0}^{13} r^k / k!, Horner form; the r^14 term is < 5e-18.
 template <class V>
-inline V exp_poly(V r, double) {
-  // Taylor series: sum_{k=0}^{13} r^k / k!, Horner form; the r^14 term is < 5e-18.
+inline V exp_poly_double(V r) {
   constexpr double inv_fact[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
                                     1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
                                     1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
@@ -58,41 +76,50 @@ inline V exp_poly(V r, double) {
   return p;
 }
 
-// 2^n exp(r) with r = xc - n ln2, where xc is x or x clamped and n is xc / ln2 rounded to an
-// integer: the part both versions below share. Lanes of x below `lowest` are zeroed,
-// whatever the arithmetic made of them.
+// double: 2^n exp(r) with r = xc - n ln2, where xc is x or x clamped and n is xc / ln2 rounded
+// to an integer. Lanes of x below `lowest` are zeroed.
 template <class V>
-inline V exp_from_n(V x, V xc, V n) {
-  using T = typename V::T;
-  using K = ExpConstants<T>;
+inline V exp_double(V x, V xc, V n) {
+  using K = ExpConstants<double>;
   V r = V::fma(n, V::set1(-K::ln2_hi), xc);
   r = V::fma(n, V::set1(-K::ln2_lo), r);
-  return V::zero_if_less(x, V::set1(K::lowest), V::ldexp(exp_poly(r, T{}), n));
+  return V::zero_if_less(x, V::set1(K::lowest), V::ldexp(exp_poly_double(r), n));
 }
 
 template <class V>
 inline V vexp(V x) {
   using K = ExpConstants<typename V::T>;
-  V xc = x;
-  // AVX-512's scalef builds 2^n for any n; elsewhere n must stay inside the exponent range.
-  if constexpr (!V::ldexp_any_n) xc = V::min(V::set1(K::highest), V::max(V::set1(K::lowest), x));
-  return exp_from_n(x, xc, V::round_nearest(xc * V::set1(K::log2e)));
+  if constexpr (sizeof(typename V::T) == 4) {
+    // AVX-512's scalef builds 2^n for any n; there only the shifter's range needs a bound
+    // (above: 2^128 is inf all the same; below: such lanes are zeroed).
+    if constexpr (V::ldexp_any_n) return exp_float(x, V::min(V::set1(128.0f), x));
+    return exp_float(x, V::min(V::set1(K::highest), V::max(V::set1(K::lowest), x)));
+  } else {
+    V xc = x;
+    // AVX-512's scalef builds 2^n for any n; elsewhere n must stay inside the exponent range.
+    if constexpr (!V::ldexp_any_n) xc = V::min(V::set1(K::highest), V::max(V::set1(K::lowest), x));
+    return exp_double(x, xc, V::round_nearest(xc * V::set1(K::log2e)));
+  }
 }
 
-// vexp for arguments known to be <= 0 (or NaN): the kernels' x - max(x). n is rounded by the
-// shifter trick fused into the multiply, fma(x, log2e, shifter) - shifter (valid while
-// |x log2e| < 2^22, 2^51 for double; lanes below `lowest` are zeroed anyway): two operations
-// where a multiply and a rounding take three on Intel (round and AVX-512's rndscale are two
-// uops each), and no upper clamp is needed. The lower clamp stays where an out-of-range n
-// cannot be turned into 2^n (!ldexp_any_n). n may differ from vexp's by one where x log2e
+// vexp for arguments known to be <= 0 (or NaN): the kernels' x - max(x). No clamp from above
+// is needed, and the lower one only where an out-of-range n cannot be turned into 2^n
+// (!ldexp_any_n). For double, n is rounded by the shifter trick fused into the multiply,
+// fma(x, log2e, shifter) - shifter (valid while |x log2e| < 2^51; lanes below `lowest` are
+// zeroed anyway): two operations where a multiply and a rounding take three on Intel (round
+// and AVX-512's rndscale are two uops each). n may differ from vexp's by one where x log2e
 // lies within an ulp of a half-integer; both stay within the bound above.
 template <class V>
 inline V vexp_nonpositive(V x) {
   using K = ExpConstants<typename V::T>;
   V xc = x;
   if constexpr (!V::ldexp_any_n) xc = V::max(V::set1(K::lowest), x);
-  const V shifter = V::set1(K::shifter);
-  return exp_from_n(x, xc, V::fma(xc, V::set1(K::log2e), shifter) - shifter);
+  if constexpr (sizeof(typename V::T) == 4) {
+    return exp_float(x, xc);
+  } else {
+    const V shifter = V::set1(K::shifter);
+    return exp_double(x, xc, V::fma(xc, V::set1(K::log2e), shifter) - shifter);
+  }
 }
 
 // log(x) for positive normal x (the small-class path's sums, which are >= 1); NaN gives NaN.
