@@ -18,6 +18,7 @@
 // element, still one read of the row from memory.
 #pragma once
 #include <math.h>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -322,6 +323,7 @@ inline V gradient_vector(const PendingGradient<T, X>& p, int64_t c, V s, int n =
   const V u = coefficient<V, HasQ, HasW, Partial>(p.k, c, n);
   V v;
   if constexpr (Cap) v = vexp(e - V::set1(p.lse)) * V::set1(p.scale) - u;
+  else if (!HasQ && !HasW && p.k.b == T(0) && !std::signbit(p.k.b)) v = e * s;  // e s - (+0) is e s
   else v = e * s - u;
   if (p.hot >= c && p.hot < c + V::width) {  // once per row: the target's lane
     // (in registers: a store, a scalar update and a reload would stall on the reload)
