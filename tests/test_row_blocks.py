@@ -61,6 +61,11 @@ def test_blocks_give_the_row_paths_bits(simd_level, dtype, c):
             row_loss, row_grad, _ = fusedce.cross_entropy_with_grad(x, t, return_argmax=True, **kw)
             _same(loss, row_loss, "loss " + what)
             _same(grad, row_grad, "gradient " + what)
+            # asked for, the lse of an ignored row is computed (otherwise such a row is not read)
+            got = fusedce.cross_entropy_with_grad(x, t, return_lse=True, **kw)
+            want = fusedce.cross_entropy_with_grad(x, t, return_lse=True, return_argmax=True, **kw)
+            for a, b, part in zip(got, want, ("loss", "gradient", "lse")):
+                _same(a, b, f"{part} with lse " + what)
             buf = np.empty(x.size + 3, x.dtype)[3:].reshape(x.shape)  # off the vector alignment
             _same(fusedce.cross_entropy_with_grad(x, t, out=buf, **kw)[1], row_grad, "offset out= " + what)
             scratch = x.copy()
