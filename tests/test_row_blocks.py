@@ -78,6 +78,18 @@ def test_blocks_give_the_row_paths_bits(simd_level, dtype, c):
         fusedce.set_num_threads(before)
 
 
+def test_an_out_of_range_target_gives_the_row_paths_nans(simd_level):
+    # validate_targets=False: such a row's loss and gradient are NaN on both paths
+    x, t, g = _case(37, 128, np.float32, seed=3)
+    t[18] = 128
+    t[20] = -7
+    got = fusedce.cross_entropy_with_grad(x, t, reduction="none", validate_targets=False)
+    want = fusedce.cross_entropy_with_grad(x, t, reduction="none", validate_targets=False, return_argmax=True)
+    _same(got[0], want[0], f"{simd_level} loss")
+    _same(got[1], want[1], f"{simd_level} gradient")
+    assert np.isnan(got[0][[18, 20]]).all() and np.isnan(got[1][[18, 20]]).all()
+
+
 def test_blocks_agree_with_the_reference():
     x, t, g = _case(53, 120, np.float32, seed=1)
     keep = np.isfinite(x).all(axis=1) | (t == -100)  # rows whose values are defined
