@@ -323,7 +323,7 @@ struct LseBlock {
 // C++ harness (bench/kernel_ab.sh), AMD Zen 4, one thread, 32 MiB of float32 logits 16 bytes
 // past a line, ns per 16 classes, the fastest of four or five alternated runs, row path ->
 // blocks: 128 classes forward 6.5 -> 5.5, out= 11.1 -> 10.7, in place 10.4 -> 8.8 (in cache,
-// 2048x128: 5.9 -> 4.5, 10.0 -> 7.6, 9.6 -> 7.2); 100 classes 7.7 -> 6.0, 13.8 -> 11.4,
+// 2048x128: 6.0 -> 4.6, 10.0 -> 7.6, 9.7 -> 7.4); 100 classes 7.7 -> 6.0, 13.8 -> 11.4,
 // 12.8 -> 9.2; bfloat16 128 classes 6.5 -> 5.0, 10.5 -> 8.0, 10.4 -> 7.8. Longer rows lose
 // from memory (160 classes out= 10.7 -> 11.4, 256: 7.3 -> 7.9, 600 forward 4.6 -> 6.5): a
 // block of them and its exps no longer fit in L1 beside the next block asked for.
