@@ -161,6 +161,21 @@ struct CeContext {
 
   // The one-hot term of the gradient, -g (1-eps) w_t at class t (none for other rows).
   T one_hot(const CeRow<T, X>& row) const { return row.t >= 0 ? row.g * (1 - eps) * row.w_t : T(0); }
+
+  // The row's gradient as a PendingGradient, from its exps e taken against chunk_max, field
+  // by field into `grad` (see cross_entropy_with_grad_rows); inv_cap, inv_sum and reversed
+  // are the caller's.
+  void set_gradient(PendingGradient<T, X>& grad, const CeRow<T, X>& row, const RowSummary<T>& s, const T* e,
+                    const T* chunk_max) const {
+    grad.k = row.k;
+    grad.scale = gradient_terms(row, s, grad.k);
+    grad.d = row.d;
+    grad.e = e;
+    grad.chunk_max = chunk_max;
+    grad.lse = s.lse;
+    grad.hot = row.t;
+    grad.hot_value = one_hot(row);
+  }
 };
 
 // ---- Few classes (C <= kSmallClasses), class-index targets ------------------------------
@@ -413,14 +428,7 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
           continue;
         }
         PendingGradient<T, X>& grad = grads[cur][i];
-        grad.k = row.k;
-        grad.scale = ce.gradient_terms(row, s, grad.k);
-        grad.d = row.d;
-        grad.e = scratch + (cur * W + i) * C;
-        grad.chunk_max = m + i;
-        grad.lse = s.lse;
-        grad.hot = row.t;
-        grad.hot_value = ce.one_hot(row);
+        ce.set_gradient(grad, row, s, scratch + (cur * W + i) * C, m + i);
         grad.inv_sum = T(1) / s.sum;
         pending[i] = &grad;
       }
@@ -615,14 +623,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
         });
         have_pending = false;
         PendingGradient<T, X>& grad = grads[cur];
-        grad.k = row.k;  // (row's fields were stored before the sweep: long done)
-        grad.scale = ce.gradient_terms(row, s, grad.k);
-        grad.d = row.d;
-        grad.e = e;
-        grad.chunk_max = chunk_max[cur];
-        grad.lse = s.lse;
-        grad.hot = row.t;
-        grad.hot_value = ce.one_hot(row);
+        ce.set_gradient(grad, row, s, e, chunk_max[cur]);  // (row's fields were stored before the sweep)
         grad.inv_cap = Cap ? T(1) / ce.cap : T(0);
         grad.inv_sum = one_chunk ? T(1) / s.sum : T(0);
         grad.reversed = slots.reversed;
