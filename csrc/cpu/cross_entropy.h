@@ -327,31 +327,50 @@ struct LseBlock {
   }
 };
 
-// ---- Rows a little past the small-class path (kSmallClasses < C <= kRowBlockClasses) -------
+// ---- Rows a little past the small-class path (use_row_blocks) ------------------------------
 // W rows at a time, in phases: their maxima; their exp sweeps (the exps kept in scratch);
 // their lses, by one vector log; their losses and gradients. The rows of a phase do not wait
 // for one another, so the core overlaps one row's dependent chains (the max's reduction, the
 // exp sweep that needs it, the sum's reduction) with the next row's work, where the row path
 // below takes them one row after the other; and the general path's per-row bookkeeping
 // (chunks, options) is not there. Each row goes through the row path's own functions
-// (max_of, sum_exp, lse_of_rows, finish_from_exps), so it gets the same bits.
+// (max_of, sum_exp, lse_of_rows, finish_rest), so it gets the same bits.
 // C++ harness (bench/kernel_ab.sh), AMD Zen 4, one thread, 32 MiB of float32 logits 16 bytes
 // past a line, ns per 16 classes, the fastest of four or five alternated runs, row path ->
 // blocks: 128 classes forward 6.5 -> 5.5, out= 11.1 -> 10.7, in place 10.4 -> 8.8 (in cache,
 // 2048x128: 6.0 -> 4.6, 10.0 -> 7.6, 9.7 -> 7.4); 100 classes 7.7 -> 6.0, 13.8 -> 11.4,
-// 12.8 -> 9.2; bfloat16 128 classes 6.5 -> 5.0, 10.5 -> 8.0, 10.4 -> 7.8. Longer rows lose
-// from memory (160 classes out= 10.7 -> 11.4, 256: 7.3 -> 7.9, 600 forward 4.6 -> 6.5): a
-// block of them and its exps no longer fit in L1 beside the next block asked for.
+// 12.8 -> 9.2; bfloat16 128 classes 6.5 -> 5.0, 10.5 -> 8.0, 10.4 -> 7.8.
 constexpr int64_t kRowBlockClasses = 128;
 
+// Longer rows (up to kRowBlockMaxClasses) take the blocks too, for the loss alone and in
+// place, when what a block works on fits in kRowBlockBytes: its rows and the next block's,
+// asked for meanwhile, and with a gradient the two blocks' exps, W C (2 sizeof(X) +
+// 2 sizeof(T)) bytes. There they win: the harness, medians of four or five alternated runs,
+// row path -> blocks, from memory unless said: float32 forward 160 classes 5.4 -> 4.7,
+// 192: 5.1 -> 4.6, 256: 4.5 -> 4.2; in place 160: 9.1 -> 7.1-8.1, 176: 8.7 -> 7.0, 192:
+// 8.4 -> 8.0, in cache (2048 rows) 7.9 -> 5.6; bfloat16 in place 160: 9.0 -> 6.3, 192: 8.3
+// -> 5.9, 256: 7.3 -> 5.8-6.1, forward 256: 4.7 -> 4.0. Past that, and for out=, they lose
+// from memory: float32 in place 256 classes 7.2 -> 7.8; out= needs room for the gradient
+// rows as well, and the row path's carry does better there (160 classes 9.9 -> 11.2 with
+// plain stores, 10.0 -> 11.1 streamed), though in cache the blocks win (2048x192 8.0 -> 5.8).
+constexpr int64_t kRowBlockMaxClasses = 256;
+constexpr int64_t kRowBlockBytes = int64_t(48) << 10;
+
 // The plain loss: index targets, no weights, smoothing, softcap, z-loss, class shard, given
-// lse or argmax; rows of one chunk too many for the small-class path.
-inline bool use_row_blocks(const Rows& logits, const Target& target, const LossOptions& opt,
-                           const RowStats& stats) {
-  return logits.cols > kSmallClasses && logits.cols <= kRowBlockClasses &&
-         target.kind == TargetKind::ClassIndex && !opt.weight && opt.label_smoothing == 0 &&
-         opt.softcap == 0 && opt.z_loss == 0 && opt.class_offset == 0 &&
-         total_classes(opt, logits.cols) == logits.cols && !stats.lse_is_input && !stats.argmax;
+// lse or argmax; rows of one chunk too many for the small-class path, and few enough classes
+// (above). dx: the gradient, if there is one.
+template <class V, class X, class T = typename V::T>
+bool use_row_blocks(const Rows& logits, const Target& target, const LossOptions& opt, const RowStats& stats,
+                    const Rows* dx) {
+  const int64_t C = logits.cols;
+  const bool plain = target.kind == TargetKind::ClassIndex && !opt.weight && opt.label_smoothing == 0 &&
+                     opt.softcap == 0 && opt.z_loss == 0 && opt.class_offset == 0 &&
+                     total_classes(opt, C) == C && !stats.lse_is_input && !stats.argmax;
+  if (!plain || C <= kSmallClasses || C > kRowBlockMaxClasses) return false;
+  if (C <= kRowBlockClasses) return true;
+  if (dx && dx->data != logits.data) return false;
+  const int64_t bytes_per_class = 2 * static_cast<int64_t>(sizeof(X)) + (dx ? 2 * static_cast<int64_t>(sizeof(T)) : 0);
+  return V::width * C * bytes_per_class <= kRowBlockBytes;
 }
 
 // Rows [r0, r1) by blocks of W; with dx, the gradient too (over the logits when dx is them).
@@ -456,7 +475,7 @@ void cross_entropy_forward_rows(const Rows& logits, const Target& target, const 
                                 const RowStats& stats, int64_t r0, int64_t r1) {
   if (use_small_classes(logits, target, opt))
     return cross_entropy_small_rows<V, X>(logits, target, opt, stats, nullptr, r0, r1);
-  if (use_row_blocks(logits, target, opt, stats) &&
+  if (use_row_blocks<V, X>(logits, target, opt, stats, nullptr) &&
       cross_entropy_row_blocks<V, X>(logits, target, opt, stats, nullptr, r0, r1))
     return;
   const CeContext<T, X> ce(logits, target, opt, stats);
@@ -530,7 +549,7 @@ void cross_entropy_with_grad_rows(const Rows& logits, const Target& target, cons
                                   const RowStats& stats, const Rows& dx, int64_t r0, int64_t r1) {
   if (use_small_classes(logits, target, opt))
     return cross_entropy_small_rows<V, X>(logits, target, opt, stats, &dx, r0, r1);
-  if (use_row_blocks(logits, target, opt, stats) &&
+  if (use_row_blocks<V, X>(logits, target, opt, stats, &dx) &&
       cross_entropy_row_blocks<V, X>(logits, target, opt, stats, &dx, r0, r1))
     return;
   const CeContext<T, X> ce(logits, target, opt, stats);
