@@ -342,22 +342,24 @@ struct LseBlock {
 // 12.8 -> 9.2; bfloat16 128 classes 6.5 -> 5.0, 10.5 -> 8.0, 10.4 -> 7.8.
 constexpr int64_t kRowBlockClasses = 128;
 
-// Longer rows (up to kRowBlockMaxClasses) take the blocks too, for the loss alone and in
-// place, when what a block works on fits in kRowBlockBytes: its rows and the next block's,
-// asked for meanwhile, and with a gradient the two blocks' exps, W C (2 sizeof(X) +
-// 2 sizeof(T)) bytes. There they win: the harness, medians of four or five alternated runs,
-// row path -> blocks, from memory unless said: float32 forward 160 classes 5.4 -> 4.7,
-// 192: 5.1 -> 4.6, 256: 4.5 -> 4.2; in place 160: 9.1 -> 7.1-8.1, 176: 8.7 -> 7.0, 192:
-// 8.4 -> 8.0, in cache (2048 rows) 7.9 -> 5.6; bfloat16 in place 160: 9.0 -> 6.3, 192: 8.3
-// -> 5.9, 256: 7.3 -> 5.8-6.1, forward 256: 4.7 -> 4.0. Past that, and for out=, they lose
-// from memory: float32 in place 256 classes 7.2 -> 7.8; out= needs room for the gradient
-// rows as well, and the row path's carry does better there (160 classes 9.9 -> 11.2 with
-// plain stores, 10.0 -> 11.1 streamed), though in cache the blocks win (2048x192 8.0 -> 5.8).
+// Longer rows (up to kRowBlockMaxClasses) take the blocks too when what a block works on
+// fits in kRowBlockBytes: its rows and the next block's, asked for meanwhile; with a
+// gradient the two blocks' exps; out=, the block's gradient rows and the next block's:
+// W C (2 sizeof(X) + 2 sizeof(T) + 2 sizeof(X)) bytes. There they win: the harness, medians
+// of four or five alternated runs, row path -> blocks, from memory unless said: float32
+// forward 160 classes 5.4 -> 4.7, 192: 5.1 -> 4.6, 256: 4.5 -> 4.2; in place 160: 9.1 ->
+// 7.1-8.1, 176: 8.7 -> 7.0, 192: 8.4 -> 8.0, in cache (2048 rows) 7.9 -> 5.6; bfloat16 in
+// place 160: 9.0 -> 6.3, 192: 8.3 -> 5.9, 256: 7.3 -> 5.8-6.1, forward 256: 4.7 -> 4.0,
+// out= 192: 8.6 -> 6.7. Past it they lose from memory, the row path's carry doing better:
+// float32 in place 256 classes 7.2 -> 7.8, out= 160 classes 9.9 -> 11.2 (streamed 10.0 ->
+// 11.1), 192: 10.0 -> 11.2 (though in cache, 8192x192, 8.2 -> 6.6). No gradient of these
+// longer rows is streamed: only out= streams rows this short, from kStreamRowBytes on, and
+// such rows with out= do not fit.
 constexpr int64_t kRowBlockMaxClasses = 256;
 constexpr int64_t kRowBlockBytes = int64_t(48) << 10;
 
 // The plain loss: index targets, no weights, smoothing, softcap, z-loss, class shard, given
-// lse or argmax; rows of one chunk too many for the small-class path, and few enough classes
+// lse or argmax; rows too long for the small-class path and short enough for a block
 // (above). dx: the gradient, if there is one.
 template <class V, class X, class T = typename V::T>
 bool use_row_blocks(const Rows& logits, const Target& target, const LossOptions& opt, const RowStats& stats,
@@ -368,8 +370,9 @@ bool use_row_blocks(const Rows& logits, const Target& target, const LossOptions&
                      total_classes(opt, C) == C && !stats.lse_is_input && !stats.argmax;
   if (!plain || C <= kSmallClasses || C > kRowBlockMaxClasses) return false;
   if (C <= kRowBlockClasses) return true;
-  if (dx && dx->data != logits.data) return false;
-  const int64_t bytes_per_class = 2 * static_cast<int64_t>(sizeof(X)) + (dx ? 2 * static_cast<int64_t>(sizeof(T)) : 0);
+  constexpr int64_t x_bytes = sizeof(X), t_bytes = sizeof(T);
+  const bool out = dx && dx->data != logits.data;
+  const int64_t bytes_per_class = 2 * x_bytes + (dx ? 2 * t_bytes : 0) + (out ? 2 * x_bytes : 0);
   return V::width * C * bytes_per_class <= kRowBlockBytes;
 }
 
