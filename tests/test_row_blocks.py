@@ -1,9 +1,10 @@
-"""The CPU's block path for rows of 97 to 128 classes, and up to 256 for the loss alone and in
-place (csrc/cpu/cross_entropy.h: use_row_blocks, cross_entropy_row_blocks): the plain loss,
-W rows at a time, each row through the row path's own functions. Asking for the argmax sends the same call through the row path instead, so
-the two are compared bit for bit here: losses, lse and gradients, out= (also at an offset
-and streamed), in place, one and two threads, at every SIMD level and dtype; with ignored
-rows, rows of -inf, NaN and +inf, and a batch that is not a multiple of a block.
+"""The CPU's block path for rows of 97 to 128 classes, and up to 256 where a block's working
+set fits (csrc/cpu/cross_entropy.h: use_row_blocks, cross_entropy_row_blocks): the plain
+loss, W rows at a time, each row through the row path's own functions. Asking for the argmax
+sends the same call through the row path instead, so the two are compared bit for bit here:
+losses, lse and gradients, out= (also at an offset and streamed), in place, one and two
+threads, at every SIMD level and dtype; with ignored rows, rows of -inf, NaN and +inf, and a
+batch that is not a multiple of a block.
 """
 
 import numpy as np
@@ -41,7 +42,7 @@ DTYPES = [np.float32, np.float64, np.float16, "bfloat16"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64", "float16", "bfloat16"])
-# (past 128 classes out= takes the row path: the comparison holds all the same)
+# (past 128 classes some cases take the row path, float32 out= for one: the comparison holds)
 @pytest.mark.parametrize("c", [97, 100, 112, 128, 160, 192, 256])
 def test_blocks_give_the_row_paths_bits(simd_level, dtype, c):
     if dtype == "bfloat16":
