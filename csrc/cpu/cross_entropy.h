@@ -352,9 +352,15 @@ constexpr int64_t kRowBlockClasses = 128;
 // place 160: 9.0 -> 6.3, 192: 8.3 -> 5.9, 256: 7.3 -> 5.8-6.1, forward 256: 4.7 -> 4.0,
 // out= 192: 8.6 -> 6.7. Past it they lose from memory, the row path's carry doing better:
 // float32 in place 256 classes 7.2 -> 7.8, out= 160 classes 9.9 -> 11.2 (streamed 10.0 ->
-// 11.1), 192: 10.0 -> 11.2 (though in cache, 8192x192, 8.2 -> 6.6). No gradient of these
-// longer rows is streamed: only out= streams rows this short, from kStreamRowBytes on, and
-// such rows with out= do not fit.
+// 11.1), 192: 10.0 -> 11.2. No gradient of these longer rows is streamed: only out= streams
+// rows this short, from kStreamRowBytes on, and such rows with out= do not fit.
+// In cache, though, the memory no longer matters and the blocks win all the same: a call
+// with a gradient whose logits (and out=, gradient) fit in half the cache that decides
+// streaming (max(16 MiB, the last-level cache): streaming.h) takes them whatever its block's
+// working set. Float32 out= 8192x192 (6 MiB) 8.0-8.2 -> 6.1-6.6, 2048x256 7.0 -> 5.4; a
+// little past that border they still won (16384x160, 10 MiB: 9.6 -> 8.1) and a little
+// further lost (16384x192, 12 MiB: 8.7 -> 9.3; 24576x192 9.1 -> 10.8). In place 2048x256
+// 6.7 -> 5.2, 8192x256 6.8 -> 5.3, 16384x256 (16 MiB) 6.9 -> 5.3.
 constexpr int64_t kRowBlockMaxClasses = 256;
 constexpr int64_t kRowBlockBytes = int64_t(48) << 10;
 
@@ -372,6 +378,8 @@ bool use_row_blocks(const Rows& logits, const Target& target, const LossOptions&
   if (C <= kRowBlockClasses) return true;
   constexpr int64_t x_bytes = sizeof(X), t_bytes = sizeof(T);
   const bool out = dx && dx->data != logits.data;
+  const int64_t arrays = out ? 2 : 1;  // the logits, and with out= the gradient
+  if (dx && arrays * logits.rows * C * x_bytes <= short_row_streaming_threshold_bytes() / 2) return true;
   const int64_t bytes_per_class = 2 * x_bytes + (dx ? 2 * t_bytes : 0) + (out ? 2 * x_bytes : 0);
   return V::width * C * bytes_per_class <= kRowBlockBytes;
 }
