@@ -352,8 +352,10 @@ constexpr int64_t kRowBlockClasses = 128;
 // place 160: 9.0 -> 6.3, 192: 8.3 -> 5.9, 256: 7.3 -> 5.8-6.1, forward 256: 4.7 -> 4.0,
 // out= 192: 8.6 -> 6.7. Past it they lose from memory, the row path's carry doing better:
 // float32 in place 256 classes 7.2 -> 7.8, out= 160 classes 9.9 -> 11.2 (streamed 10.0 ->
-// 11.1), 192: 10.0 -> 11.2. No gradient of these longer rows is streamed: only out= streams
-// rows this short, from kStreamRowBytes on, and such rows with out= do not fit.
+// 11.1), 192: 10.0 -> 11.2. By default no gradient of these longer rows is streamed: only
+// out= streams rows this short, from kStreamRowBytes on, such rows with out= do not fit, and
+// a call that fits in cache (below) is under the streaming threshold (a lowered threshold
+// streams it, and the blocks carry its rows as they do 128 classes).
 // In cache, though, the memory no longer matters and the blocks win all the same: a call
 // with a gradient whose logits (and out=, gradient) fit in half the cache that decides
 // streaming (max(16 MiB, the last-level cache): streaming.h) takes them whatever its block's
