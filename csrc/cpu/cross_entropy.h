@@ -334,7 +334,7 @@ struct LseBlock {
 // exp sweep that needs it, the sum's reduction) with the next row's work, where the row path
 // below takes them one row after the other; and the general path's per-row bookkeeping
 // (chunks, options) is not there. Each row goes through the row path's own functions
-// (max_of, sum_exp, lse_of_rows, finish_rest), so it gets the same bits.
+// (max_of, sum_exp, lse_of_rows, finish_range), so it gets the same bits.
 // C++ harness (bench/kernel_ab.sh), AMD Zen 4, one thread, 32 MiB of float32 logits 16 bytes
 // past a line, ns per 16 classes, the fastest of four or five alternated runs, row path ->
 // blocks: 128 classes forward 6.5 -> 5.5, out= 11.1 -> 10.7, in place 10.4 -> 8.8 (in cache,
@@ -391,7 +391,7 @@ bool use_row_blocks(const Rows& logits, const Target& target, const LossOptions&
 // sweep (sum_exp's Carry, as the row path carries the previous row), so that its streaming
 // stores drain a line at a time while exps are computed (right after the sweep, each row's
 // lines in a burst: 65536x128 out= 10.7 -> 12.5 ns per 16). With plain stores, right after
-// that sweep, by finish_rest alone: a row this short paid more for the carry's bookkeeping
+// that sweep, by finish_range alone: a row this short paid more for the carry's bookkeeping
 // (its leading lines, its loop's checks, the copies of the pending row) than for its
 // stores. C++ harness, Zen 4, alternated, carried -> after: 2048x128 out= 7.6 -> 6.5 ns per
 // 16, in place 7.4 -> 6.3; 65536x128 in place 8.2 -> 7.2; bfloat16 65536x128 in place
@@ -420,6 +420,11 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
   int cur = 0;
   with_flag(stream, [&](auto streamed) {
     constexpr bool Stream = decltype(streamed)::value;
+    // a pending row's gradient outside a sweep: finish_range's stores, without the chunk
+    // loop of finish_from_exps (a row here is one chunk, apart from its exps)
+    const auto finish = [C](const PendingGradient<T, X>& p) {
+      finish_range<V, false, false, Stream>(p, 0, C, p.chunk_scale(0));
+    };
     for (int64_t b0 = r0; b0 < r1; b0 += W, cur ^= 1) {
       const int n = static_cast<int>(min_i64(W, r1 - b0));
       T* const m = max[cur];
@@ -439,7 +444,7 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
         const PendingGradient<T, X>* const carry = pending[i];
         if (skip[i] || m[i] == neg_inf<T>()) {  // (-inf everywhere: each exp(-inf) is 0)
           if (dx && !skip[i]) fill(e, C, T(0));
-          if (carry) finish_from_exps<V, false, false, Stream>(*carry, C);
+          if (carry) finish(*carry);
           sum[i] = skip[i] ? T(1) : T(0);
         } else if (carry && Stream) {
           sum[i] = sum_exp<V, true, true, false, false, false, Stream>(rows[i].x, C, m[i], e, ahead, carry, 0,
@@ -447,9 +452,7 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
         } else if (dx) {
           sum[i] = sum_exp<V, true, false, false, false, false, Stream>(rows[i].x, C, m[i], e, ahead, carry, 0,
                                                                         T(0), write, ahead_l1);
-          if (carry)  // (finish_range's plain stores, without its chunk loop)
-            finish_rest<V, false, false, false, false>(*carry, 0, C, WholeLines<X>(), 0,
-                                                       V::set1(carry->chunk_scale(0)));
+          if (carry) finish(*carry);
         } else {
           sum[i] = sum_exp<V, false, false, false, false, false, false>(rows[i].x, C, m[i], e, ahead, carry, 0,
                                                                         T(0), static_cast<const X*>(nullptr), ahead_l1);
@@ -476,7 +479,7 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
       }
     }
     for (int i = 0; i < W; ++i)  // (rows past a last partial block's are two blocks old)
-      if (pending[i]) finish_from_exps<V, false, false, Stream>(*pending[i], C);
+      if (pending[i]) finish(*pending[i]);
   });
   if (stream) V::fence();  // order the streaming stores before the caller sees the result
   return true;
