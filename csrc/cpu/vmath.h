@@ -50,6 +50,13 @@ template <> struct ExpConstants<double> {
   static constexpr double shifter = 6755399441055744.0;  // 1.5 2^52
 };
 
+// r = xc - n ln2, with ln2 in two parts (Cody & Waite): n ln2_hi is exact.
+template <class V>
+inline V reduce_by_ln2(V xc, V n) {
+  using K = ExpConstants<typename V::T>;
+  return V::fma(n, V::set1(-K::ln2_lo), V::fma(n, V::set1(-K::ln2_hi), xc));
+}
+
 // float: exp(x) for x or its clamped value xc (the table's 2^(k/16): see the top of this file).
 // Lanes of x below `lowest` are zeroed, whatever the arithmetic made of them.
 template <class V>
@@ -58,8 +65,7 @@ inline V exp_float(V x, V xc) {
   const V shifter = V::set1(K::shifter);
   const V s = V::fma(xc, V::set1(K::log2e), shifter);  // k/16 + shifter, k mod 16 in its last bits
   const V n = s - shifter;                              // k/16
-  V r = V::fma(n, V::set1(-K::ln2_hi), xc);
-  r = V::fma(n, V::set1(-K::ln2_lo), r);
+  const V r = reduce_by_ln2(xc, n);
   const V expm1_r = V::fma(V::fma(V::set1(K::c3), r, V::set1(K::c2)), r * r, r);
   const V t = V::table16(K::exp2_sixteenths, s);         // 2^((k mod 16) / 16)
   return V::zero_if_less(x, V::set1(K::lowest), V::ldexp(V::fma(t, expm1_r, t), n));
@@ -81,9 +87,7 @@ inline V exp_poly_double(V r) {
 template <class V>
 inline V exp_double(V x, V xc, V n) {
   using K = ExpConstants<double>;
-  V r = V::fma(n, V::set1(-K::ln2_hi), xc);
-  r = V::fma(n, V::set1(-K::ln2_lo), r);
-  return V::zero_if_less(x, V::set1(K::lowest), V::ldexp(exp_poly_double(r), n));
+  return V::zero_if_less(x, V::set1(K::lowest), V::ldexp(exp_poly_double(reduce_by_ln2(xc, n)), n));
 }
 
 template <class V>
