@@ -113,10 +113,11 @@ inline int64_t class_index(const Target& t, int64_t r) {
                                  : reinterpret_cast<const int64_t*>(t.data)[r * t.stride];
 }
 
-template <class V, class X, class T = typename V::T>
-T max_of(const X* x, int64_t n) {
+// The lane-wise max of n >= V::width values: its hmax() is max_of's result.
+template <class V, class X>
+V max_lanes(const X* x, int64_t n) {
   constexpr int W = V::width;
-  V m0 = V::set1(neg_inf<T>()), m1 = m0;
+  V m0 = V::set1(neg_inf<typename V::T>()), m1 = m0;
   int64_t i = 0;
   for (; i + 2 * W <= n; i += 2 * W) {
     m0 = V::max(m0, V::load(x + i));
@@ -125,12 +126,15 @@ T max_of(const X* x, int64_t n) {
   for (; i + W <= n; i += W) m0 = V::max(m0, V::load(x + i));
   // The last n - i < W values as the range's last vector, which overlaps the one before it
   // (a value seen twice leaves the max as it is): one vector instead of up to W - 1 scalars.
-  if (i < n && n >= W) {
-    m1 = V::max(m1, V::load(x + n - W));
-    i = n;
-  }
-  T m = V::max(m0, m1).hmax();
-  for (; i < n; ++i) m = widen(x[i]) > m ? widen(x[i]) : m;
+  if (i < n) m1 = V::max(m1, V::load(x + n - W));
+  return V::max(m0, m1);
+}
+
+template <class V, class X, class T = typename V::T>
+T max_of(const X* x, int64_t n) {
+  if (n >= V::width) return max_lanes<V>(x, n).hmax();
+  T m = neg_inf<T>();
+  for (int64_t i = 0; i < n; ++i) m = widen(x[i]) > m ? widen(x[i]) : m;
   return m;
 }
 
@@ -525,7 +529,7 @@ template <class V, bool Store, bool Carry, bool HasQ, bool HasW, bool Cap, bool 
           class X, class T = typename V::T>
 T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
           const PendingGradient<T, X>* p, int64_t c0, T ps, const X* write_ahead = nullptr,
-          bool ahead_l1 = false) {
+          bool ahead_l1 = false, V* lanes = nullptr) {
   using S = typename V::Scalar;
   constexpr int W = V::width;
   const V vm = V::set1(m), vps = V::set1(ps);
@@ -598,7 +602,9 @@ T sum_exp(const Src* x, int64_t n, T m, NoDeduce<T>* e, const X* ahead,
   }
   // the lines the loop's steps left, and always the row's last (a row that starts mid-line)
   if (write_ahead) prefetch_rows_for_write(write_ahead + i, 0, n - i, 1);
-  T s = (s0 + s1).hsum();
+  // with `lanes` (n >= W), the sum is left in lanes, for the caller's hsum (hsum_each)
+  if (lanes) *lanes = s0 + s1;
+  T s = lanes ? T(0) : (s0 + s1).hsum();
   for (; i < n; ++i) {
     T ei = vexp_nonpositive(S{widen(x[i]) - m}).v;
     if constexpr (Store) e[i] = ei;

@@ -161,6 +161,8 @@ struct V32 {
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
+  static void hsum_each(const V32* v, float* out) { reduce_one_by_one(v, out, [](V32 x) { return x.hsum(); }); }
+  static void hmax_each(const V32* v, float* out) { reduce_one_by_one(v, out, [](V32 x) { return x.hmax(); }); }
 };
 
 struct V64 {
@@ -253,6 +255,8 @@ struct V64 {
     __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
   }
+  static void hsum_each(const V64* v, double* out) { reduce_one_by_one(v, out, [](V64 x) { return x.hsum(); }); }
+  static void hmax_each(const V64* v, double* out) { reduce_one_by_one(v, out, [](V64 x) { return x.hmax(); }); }
 };
 }  // namespace
 }  // namespace fusedce::cpu::avx2

@@ -11,6 +11,11 @@ namespace fusedce::cpu::avx512 {
 namespace {
 #include "vec_scalar.h"
 
+// vmaxps at each width, for V32::reduce (NaN or a tie of zeros gives b, as vmaxps does)
+inline __m128 max_of_pair(__m128 a, __m128 b) { return _mm_max_ps(a, b); }
+inline __m256 max_of_pair(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
+inline __m512 max_of_pair(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
+
 struct V32 {
   using T = float;
   using Scalar = S32;
@@ -163,8 +168,54 @@ struct V32 {
   static V32 table16(const float* table, V32 key) {
     return {_mm512_permutexvar_ps(_mm512_castps_si512(key.v), _mm512_loadu_ps(table))};
   }
-  float hsum() const { return _mm512_reduce_add_ps(v); }
-  float hmax() const { return _mm512_reduce_max_ps(v); }
+  // The sum and the max of the lanes by halves: lanes j and j + 8, then j and j + 4, then
+  // j and j + 2, then 0 and 1 (GCC's _mm512_reduce_add_ps / _max_ps, written out so that
+  // hsum_each and hmax_each below pair the same lanes in the same order, on any compiler).
+  template <class Op>
+  static float reduce(__m512 x, Op op) {
+    const __m256 a = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
+    const __m256 h = op(a, _mm512_castps512_ps256(x));
+    const __m128 q = op(_mm256_extractf128_ps(h, 1), _mm256_castps256_ps128(h));
+    const __m128 p = op(q, _mm_movehl_ps(q, q));  // lane 0: q0, q2; lane 1: q1, q3
+    return _mm_cvtss_f32(op(p, _mm_movehdup_ps(p)));
+  }
+  float hsum() const {
+    return reduce(v, [](auto a, auto b) { return a + b; });
+  }
+  float hmax() const {
+    return reduce(v, [](auto a, auto b) { return max_of_pair(a, b); });
+  }
+  // out[i] = v[i].hsum() (hmax) for 16 vectors, bit for bit, by a transposed reduction: each
+  // level pairs the lanes of two vectors at once, 46 operations where 16 reductions take
+  // 128, with no chain of 8 dependent ones per vector (the row blocks' maxima and sums).
+  template <class Op>
+  static void reduce_each(const V32* v, float* out, Op op) {
+    __m512 c[8], d[4], e[2];
+    for (int k = 0; k < 8; ++k) {  // lanes j, j + 8: c[k] holds vector 2k in its low half, 2k + 1 in its high
+      const __m512 lo = _mm512_shuffle_f32x4(v[2 * k].v, v[2 * k + 1].v, 0x44);
+      const __m512 hi = _mm512_shuffle_f32x4(v[2 * k].v, v[2 * k + 1].v, 0xee);
+      c[k] = op(hi, lo);
+    }
+    for (int k = 0; k < 4; ++k) {  // lanes j, j + 4: d[k], 128-bit lane i, vector 4k + i
+      const __m512 lo = _mm512_shuffle_f32x4(c[2 * k], c[2 * k + 1], 0x88);
+      const __m512 hi = _mm512_shuffle_f32x4(c[2 * k], c[2 * k + 1], 0xdd);
+      d[k] = op(hi, lo);
+    }
+    for (int k = 0; k < 2; ++k) {  // lanes j, j + 2: e[k], lane i: vector 8k + i (low pair), 8k + 4 + i
+      const __m512d a = _mm512_castps_pd(d[2 * k]), b = _mm512_castps_pd(d[2 * k + 1]);
+      e[k] = op(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    // lanes 0, 1: 128-bit lane i holds vectors i, 4 + i, 8 + i, 12 + i
+    const __m512 f = op(_mm512_shuffle_ps(e[0], e[1], 0x88), _mm512_shuffle_ps(e[0], e[1], 0xdd));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_ps(out, _mm512_permutexvar_ps(order, f));
+  }
+  static void hsum_each(const V32* v, float* out) {
+    reduce_each(v, out, [](auto a, auto b) { return a + b; });
+  }
+  static void hmax_each(const V32* v, float* out) {
+    reduce_each(v, out, [](auto a, auto b) { return max_of_pair(a, b); });
+  }
 };
 
 struct V64 {
@@ -237,6 +288,8 @@ struct V64 {
   static V64 ldexp(V64 p, V64 n) { return {_mm512_scalef_pd(p.v, n.v)}; }  // p 2^floor(n)
   double hsum() const { return _mm512_reduce_add_pd(v); }
   double hmax() const { return _mm512_reduce_max_pd(v); }
+  static void hsum_each(const V64* v, double* out) { reduce_one_by_one(v, out, [](V64 x) { return x.hsum(); }); }
+  static void hmax_each(const V64* v, double* out) { reduce_one_by_one(v, out, [](V64 x) { return x.hmax(); }); }
 };
 }  // namespace
 }  // namespace fusedce::cpu::avx512
