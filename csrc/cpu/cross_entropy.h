@@ -334,12 +334,14 @@ struct LseBlock {
 // exp sweep that needs it, the sum's reduction) with the next row's work, where the row path
 // below takes them one row after the other; and the general path's per-row bookkeeping
 // (chunks, options) is not there. Each row goes through the row path's own functions
-// (max_of's max_lanes, sum_exp, lse_of_rows, finish_range), so it gets the same bits; the
-// W rows' lane-wise maxima and sums are reduced together, by one transposed reduction each
-// (V::hmax_each, hsum_each), pairing the lanes as hmax and hsum do: in cache (2048x128,
-// medians of five or six alternated runs) forward 4.78 -> 4.50 ns per 16, in place 6.32 ->
-// 6.15, out= 6.66 -> 6.59; bfloat16 forward 4.91 -> 4.74, in place 6.57 -> 6.23 (from memory
-// within the noise).
+// (max_of, sum_exp, lse_of_rows, finish_range), so it gets the same bits.
+// On AVX-512 float (V::reduces_together) the W rows' lane-wise maxima and sums are reduced
+// together instead of row by row, by one transposed reduction each (V::hmax_each,
+// hsum_each), which pairs the lanes as hmax and hsum do: in cache (2048x128, medians of five
+// or six alternated runs) forward 4.78 -> 4.50 ns per 16, in place 6.32 -> 6.15, out= 6.66 ->
+// 6.59; bfloat16 forward 4.91 -> 4.74, in place 6.57 -> 6.23; from memory within the noise.
+// On AVX2 (8 rows, 22 operations for 8 reductions instead of 48) it lost: in place 9.35 ->
+// 9.86 in cache, 10.5 -> 11.0 from memory.
 // C++ harness (bench/kernel_ab.sh), AMD Zen 4, one thread, 32 MiB of float32 logits 16 bytes
 // past a line, ns per 16 classes, the fastest of four or five alternated runs, row path ->
 // blocks: 128 classes forward 6.5 -> 5.5, out= 11.1 -> 10.7, in place 10.4 -> 8.8 (in cache,
@@ -420,7 +422,8 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
   CeRow<T, X> rows[W];
   bool skip[W];
   alignas(64) T max[2][W], sum[W], lse[W];
-  V lanes[W];  // the block's rows' lane-wise maxima, then sums, reduced together (hmax_each)
+  constexpr bool together = V::reduces_together;  // (the maxima and sums: see above)
+  V lanes[W];  // with `together`, the rows' lane-wise maxima, then sums
   PendingGradient<T, X> grads[2][W];  // each block's gradients, written during the next one's
   const PendingGradient<T, X>* pending[W] = {};  // row i's gradient still to write, if any
   int cur = 0;
@@ -438,10 +441,13 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
         rows[i] = ce.template row<typename V::Scalar>(b0 + i, dx);
         // an ignored row (loss 0, gradient 0) is not read unless its lse is asked for
         skip[i] = rows[i].ignored() && !stats.lse;
-        lanes[i] = skip[i] ? V::set1(T(0)) : max_lanes<V>(rows[i].x, C);
+        if constexpr (together) lanes[i] = skip[i] ? V::set1(T(0)) : max_lanes<V>(rows[i].x, C);
+        else m[i] = skip[i] ? T(0) : max_of<V>(rows[i].x, C);
       }
-      for (int i = n; i < W; ++i) lanes[i] = V::set1(T(0));  // (a last, partial block)
-      V::hmax_each(lanes, m);
+      if constexpr (together) {
+        for (int i = n; i < W; ++i) lanes[i] = V::set1(T(0));  // (a last, partial block)
+        V::hmax_each(lanes, m);
+      }
       for (int i = 0; i < n; ++i) {
         const int64_t next = b0 + W + i;  // the same row of the next block, asked for meanwhile
         const X* ahead = next < r1 ? row_ptr<X>(logits, next) : nullptr;
@@ -453,24 +459,30 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
         if (skip[i] || m[i] == neg_inf<T>()) {  // (-inf everywhere: each exp(-inf) is 0)
           if (dx && !skip[i]) fill(e, C, T(0));
           if (carry) finish(*carry);
-          lanes[i] = V::set1(T(0));  // (its sum is set below)
+          sum[i] = skip[i] ? T(1) : T(0);
+          lanes[i] = V::set1(T(0));  // (with `together`, its sum is set again below)
         } else if (carry && Stream) {
-          sum_exp<V, true, true, false, false, false, Stream>(rows[i].x, C, m[i], e, ahead, carry, 0,
-                                                              carry->chunk_scale(0), write, ahead_l1, lanes + i);
+          sum[i] = sum_exp<V, true, true, false, false, false, Stream>(rows[i].x, C, m[i], e, ahead, carry, 0,
+                                                                       carry->chunk_scale(0), write, ahead_l1,
+                                                                       together ? lanes + i : nullptr);
         } else if (dx) {
-          sum_exp<V, true, false, false, false, false, Stream>(rows[i].x, C, m[i], e, ahead, carry, 0, T(0), write,
-                                                               ahead_l1, lanes + i);
+          sum[i] = sum_exp<V, true, false, false, false, false, Stream>(rows[i].x, C, m[i], e, ahead, carry, 0,
+                                                                        T(0), write, ahead_l1,
+                                                                        together ? lanes + i : nullptr);
           if (carry) finish(*carry);
         } else {
-          sum_exp<V, false, false, false, false, false, false>(rows[i].x, C, m[i], e, ahead, carry, 0, T(0),
-                                                               static_cast<const X*>(nullptr), ahead_l1, lanes + i);
+          sum[i] = sum_exp<V, false, false, false, false, false, false>(rows[i].x, C, m[i], e, ahead, carry, 0,
+                                                                        T(0), static_cast<const X*>(nullptr),
+                                                                        ahead_l1, together ? lanes + i : nullptr);
         }
         pending[i] = nullptr;
       }
-      for (int i = n; i < W; ++i) lanes[i] = V::set1(T(0));
-      V::hsum_each(lanes, sum);
-      for (int i = 0; i < n; ++i)
-        if (skip[i] || m[i] == neg_inf<T>()) sum[i] = skip[i] ? T(1) : T(0);
+      if constexpr (together) {
+        for (int i = n; i < W; ++i) lanes[i] = V::set1(T(0));
+        V::hsum_each(lanes, sum);
+        for (int i = 0; i < n; ++i)
+          if (skip[i] || m[i] == neg_inf<T>()) sum[i] = skip[i] ? T(1) : T(0);
+      }
       lse_of_rows<V>(m, sum, n, lse);
       for (int i = 0; i < n; ++i) {
         RowSummary<T> s;

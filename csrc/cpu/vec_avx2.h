@@ -15,6 +15,7 @@ struct V32 {
   using T = float;
   using Scalar = S32;
   static constexpr bool ldexp_any_n = false;  // see vexp() in vmath.h
+  static constexpr bool reduces_together = false;  // (vec_scalar.h)
   static constexpr int width = 8;
   __m256 v;
 
@@ -161,14 +162,13 @@ struct V32 {
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
-  static void hsum_each(const V32* v, float* out) { reduce_one_by_one(v, out, [](V32 x) { return x.hsum(); }); }
-  static void hmax_each(const V32* v, float* out) { reduce_one_by_one(v, out, [](V32 x) { return x.hmax(); }); }
 };
 
 struct V64 {
   using T = double;
   using Scalar = S64;
   static constexpr bool ldexp_any_n = false;  // see vexp() in vmath.h
+  static constexpr bool reduces_together = false;  // (vec_scalar.h)
   static constexpr int width = 4;
   __m256d v;
 
@@ -255,8 +255,6 @@ struct V64 {
     __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
   }
-  static void hsum_each(const V64* v, double* out) { reduce_one_by_one(v, out, [](V64 x) { return x.hsum(); }); }
-  static void hmax_each(const V64* v, double* out) { reduce_one_by_one(v, out, [](V64 x) { return x.hmax(); }); }
 };
 }  // namespace
 }  // namespace fusedce::cpu::avx2

@@ -20,6 +20,7 @@ struct V32 {
   using T = float;
   using Scalar = S32;
   static constexpr bool ldexp_any_n = true;  // see vexp() in vmath.h
+  static constexpr bool reduces_together = true;  // see hsum_each below
   static constexpr int width = 16;
   __m512 v;
 
@@ -222,6 +223,7 @@ struct V64 {
   using T = double;
   using Scalar = S64;
   static constexpr bool ldexp_any_n = true;  // see vexp() in vmath.h
+  static constexpr bool reduces_together = false;  // (vec_scalar.h)
   static constexpr int width = 8;
   __m512d v;
 
@@ -288,8 +290,6 @@ struct V64 {
   static V64 ldexp(V64 p, V64 n) { return {_mm512_scalef_pd(p.v, n.v)}; }  // p 2^floor(n)
   double hsum() const { return _mm512_reduce_add_pd(v); }
   double hmax() const { return _mm512_reduce_max_pd(v); }
-  static void hsum_each(const V64* v, double* out) { reduce_one_by_one(v, out, [](V64 x) { return x.hsum(); }); }
-  static void hmax_each(const V64* v, double* out) { reduce_one_by_one(v, out, [](V64 x) { return x.hmax(); }); }
 };
 }  // namespace
 }  // namespace fusedce::cpu::avx512

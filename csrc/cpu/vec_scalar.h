@@ -7,6 +7,9 @@ struct ScalarVec {
   using T = T_;
   using Scalar = ScalarVec;
   static constexpr bool ldexp_any_n = false;  // see vexp() in vmath.h
+  // Whether the type has hsum_each and hmax_each, which reduce `width` vectors at once
+  // (AVX-512 float only; see the row blocks in cross_entropy.h).
+  static constexpr bool reduces_together = false;
   static constexpr int width = 1;
   T v;
 
@@ -118,17 +121,7 @@ struct ScalarVec {
 
   T hsum() const { return v; }
   T hmax() const { return v; }
-  // out[i] = v[i].hsum() (hmax) for the `width` vectors at v (see the row blocks).
-  static void hsum_each(const ScalarVec* v, T* out) { out[0] = v[0].v; }
-  static void hmax_each(const ScalarVec* v, T* out) { out[0] = v[0].v; }
 };
-
-// hsum_each / hmax_each for a vector type that reduces its vectors one by one: out[i] =
-// reduce(v[i]) for i < V::width.
-template <class V, class T, class Reduce>
-inline void reduce_one_by_one(const V* v, T* out, Reduce reduce) {
-  for (int i = 0; i < V::width; ++i) out[i] = reduce(v[i]);
-}
 
 using S32 = ScalarVec<float, uint32_t>;
 using S64 = ScalarVec<double, uint64_t>;
