@@ -460,7 +460,7 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
           if (dx && !skip[i]) fill(e, C, T(0));
           if (carry) finish(*carry);
           sum[i] = skip[i] ? T(1) : T(0);
-          lanes[i] = V::set1(T(0));  // (with `together`, its sum is set again below)
+          if constexpr (together) lanes[i] = V::set1(T(0));  // (its sum is set again below)
         } else if (carry && Stream) {
           sum[i] = sum_exp<V, true, true, false, false, false, Stream>(rows[i].x, C, m[i], e, ahead, carry, 0,
                                                                        carry->chunk_scale(0), write, ahead_l1,
