@@ -427,6 +427,8 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
   PendingGradient<T, X> grads[2][W];  // each block's gradients, written during the next one's
   const PendingGradient<T, X>* pending[W] = {};  // row i's gradient still to write, if any
   int cur = 0;
+  // row i's exps in this block's half of the scratch (the other half: the pending rows')
+  const auto exps_of = [&](int i) { return scratch + (cur * W + i) * C; };
   with_flag(stream, [&](auto streamed) {
     constexpr bool Stream = decltype(streamed)::value;
     // a pending row's gradient outside a sweep: finish_range's stores, without the chunk
@@ -454,7 +456,7 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
         const X* write = write_ahead && next < r1 ? row_ptr<X>(*dx, next) : nullptr;
         // streamed: the lines that row shares with its neighbours (prefetch_edge_lines)
         if (stream && next < r1) prefetch_edge_lines(row_ptr<X>(*dx, next), C);
-        T* const e = dx ? scratch + (cur * W + i) * C : nullptr;
+        T* const e = dx ? exps_of(i) : nullptr;
         const PendingGradient<T, X>* const carry = pending[i];
         if (skip[i] || m[i] == neg_inf<T>()) {  // (-inf everywhere: each exp(-inf) is 0)
           if (dx && !skip[i]) fill(e, C, T(0));
@@ -497,7 +499,7 @@ bool cross_entropy_row_blocks(const Rows& logits, const Target& target, const Lo
           continue;
         }
         PendingGradient<T, X>& grad = grads[cur][i];
-        ce.set_gradient(grad, row, s, scratch + (cur * W + i) * C, m + i);
+        ce.set_gradient(grad, row, s, exps_of(i), m + i);
         grad.inv_sum = T(1) / s.sum;
         pending[i] = &grad;
       }
