@@ -392,13 +392,20 @@ def job_bad_input(rank, world):
             x, t.float() if rank == world - 1 else t),
         "target_differs": lambda: D.vocab_parallel_cross_entropy(x, t + (rank == 0)),
         "offsets_do_not_tile": lambda: D.vocab_parallel_cross_entropy(x, t, class_offset=0),
+        # no formulas in PyTorch's operations for these: refused on every rank, not a
+        # zero or missing derivative
+        "under_torch_func": lambda: torch.func.grad(
+            lambda z: D.vocab_parallel_cross_entropy(z, t))(x),
+        "second_derivative": lambda: torch.autograd.grad(
+            D.vocab_parallel_cross_entropy(xg := x.clone().requires_grad_(), t), xg,
+            create_graph=True),
     }
     out = {}
     for name, call in calls.items():
         try:
             call()
             out[name] = None
-        except (TypeError, ValueError, IndexError) as e:
+        except (TypeError, ValueError, IndexError, RuntimeError) as e:
             out[name] = type(e).__name__
     # still in step: a good call after the bad ones
     out["after"] = float(D.vocab_parallel_cross_entropy(x, t))
@@ -462,6 +469,7 @@ def test_vocab_parallel_cross_entropy_matches_the_gathered_loss(world):
         bad = dict(r["bad"])
         assert bad.pop("after") == results[0]["bad"]["after"]  # the group still works
         assert all(v is not None for v in bad.values()), bad  # every bad call raised...
+        assert bad["under_torch_func"] == bad["second_derivative"] == "RuntimeError", bad
         assert r["bad"] == results[0]["bad"] or _only_dtype_differs(r["bad"], results[0]["bad"])
         for red, *oks in r["linear"]:
             assert all(oks), (red, oks)

@@ -14,7 +14,8 @@ from conftest import MISSING, need
 
 # Modules whose import needs an optional dependency, and that dependency.
 OPTIONAL = {"fusedce.torch": "torch", "fusedce.torch_distributed": "torch",
-            "fusedce._torch_linear": "torch", "fusedce._direct": "torch",
+            "fusedce._torch_linear": "torch", "fusedce._torch_composite": "torch",
+            "fusedce._direct": "torch",
             "fusedce.emulated": "fusedce._emulated"}
 # Never imported here: running it is running the demo.
 EXCLUDED = {"fusedce.__main__"}

@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from ._torch_composite import first_order as _first_order
 from .linear import _chunk_size
 from .linear import linear_cross_entropy as _loss
 from .linear import linear_cross_entropy_with_grad as _loss_and_grads
@@ -163,7 +164,7 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(*output[1:], *again)
 
 
-@torch.autograd.function.once_differentiable
+@_first_order("linear_cross_entropy")
 def _backward(ctx, grad_loss, *_):
     none = (None,) * 11
     if grad_loss is None:
@@ -198,7 +199,7 @@ def _loss_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:5])
 
 
-@torch.autograd.function.once_differentiable
+@_first_order("linear_cross_entropy")
 def _loss_backward(ctx, grad_loss):
     """The loss-only operator differentiated anyway (called directly, or by a tracer): the
     chunks run again with the upstream gradient."""
@@ -304,6 +305,9 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                             label_smoothing, z_loss=z_loss, softcap=softcap)
     args = (input, linear_weight, linear_bias, target, weight, opts["ignore_index"], reduction,
             opts["label_smoothing"], opts["z_loss"], opts["softcap"], _chunk_size(chunk_size))
+    if ft._composite.under_transform(input, linear_weight, linear_bias, weight):
+        # torch.func transform or forward-mode AD: PyTorch's operations (_torch_composite.py)
+        return ft._composite.linear_cross_entropy(*args[:-1])
     wanted = any(t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
     if torch.is_grad_enabled() and wanted:
         return torch.ops.fusedce.linear_cross_entropy_with_grad(*args)[0]

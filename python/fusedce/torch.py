@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from fusedce import _arrays, _checks, _direct, functional as _functional
+from fusedce import _torch_composite as _composite
 
 
 def _taking_cpu_tensors(name):
@@ -225,7 +226,7 @@ def _loss_options(weight, ignore_index, reduction, label_smoothing, **lm_options
     if "softcap" in lm_options:
         lm_options["softcap"] = _checks.softcap(lm_options["softcap"]) or None
     return dict(ignore_index=int(ignore_index), reduction=reduction,
-                label_smoothing=float(label_smoothing), **lm_options)
+                label_smoothing=_checks.label_smoothing(label_smoothing), **lm_options)
 
 
 def _batched(input, target):
@@ -447,7 +448,7 @@ def _ce_setup(ctx, inputs, output, fused):
     ctx.save_for_backward(*saved)
 
 
-@torch.autograd.function.once_differentiable
+@_composite.first_order("cross_entropy")
 def _ce_backward(ctx, grad_loss, *_):
     grad_input = grad_target = None
     if grad_loss is not None:
@@ -507,12 +508,23 @@ def _nll_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:3])
 
 
-@torch.autograd.function.once_differentiable
 def _nll_backward(ctx, grad_loss):
     if grad_loss is None or not ctx.needs_input_grad[0]:
         return (None,) * 5
     input, target, weight = ctx.saved_tensors
-    dx = torch.ops.fusedce.nll_loss_backward(grad_loss, input, target, weight, *ctx.options)
+    if _composite.building_graph(grad_loss):
+        # create_graph=True. The loss is linear in its input, so its gradient does not
+        # depend on the input (a second derivative there is 0), only on grad_loss: the
+        # gradient of the same loss in PyTorch's operations, at a detached copy of the input
+        # (no path back to it), with grad_loss in the graph.
+        with torch.enable_grad():
+            x = input.detach().requires_grad_()
+            loss = _composite.nll_loss(x, target, weight, *ctx.options)
+            (dx,) = torch.autograd.grad(loss, x, grad_loss, create_graph=True)
+        return (dx,) + (None,) * 4
+    with torch.no_grad():
+        dx = torch.ops.fusedce.nll_loss_backward(grad_loss, input, target, weight,
+                                                 *ctx.options)
     return (dx,) + (None,) * 4
 
 
@@ -523,6 +535,8 @@ def _softmax_ops(log):
     name = "log_softmax" if log else "softmax"
     forward = _fc.log_softmax if log else _fc.softmax
     backward = _fc.log_softmax_backward if log else _fc.softmax_backward
+    composite_backward = (_composite.log_softmax_backward if log
+                          else _composite.softmax_backward)
 
     @_op(name, "(Tensor input, int dim) -> Tensor")
     def op(input, dim):
@@ -549,12 +563,16 @@ def _softmax_ops(log):
         ctx.dim = inputs[1]
         ctx.save_for_backward(output)
 
-    @torch.autograd.function.once_differentiable
     def autograd_backward(ctx, grad):
         if grad is None:
             return None, None
         (y,) = ctx.saved_tensors
-        return backward_op(grad, y, ctx.dim), None
+        if _composite.building_graph(grad):
+            # create_graph=True: the gradient from y (the saved result, whose derivative
+            # leads back to the input), in operations a second derivative goes through
+            return composite_backward(grad, y, ctx.dim), None
+        with torch.no_grad():
+            return backward_op(grad, y, ctx.dim), None
 
     op.register_autograd(autograd_backward, setup_context=setup)
     return op, backward_op
@@ -650,7 +668,7 @@ class _CrossEntropyInplace(torch.autograd.Function):
         return loss, input
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @_composite.first_order("cross_entropy")
     def backward(ctx, grad_loss, grad_overwritten=None):
         if grad_overwritten is not None:
             raise RuntimeError(
@@ -734,6 +752,12 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     opts = _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss=z_loss,
                          softcap=softcap)
     options = _ce_options(opts)
+    if _composite.under_transform(input, target, weight):
+        # torch.func transform or forward-mode AD: PyTorch's operations (see
+        # _torch_composite.py); inplace is moot there, the input is left as it is
+        x, t, unbatched = _batched(input, target)
+        loss = _composite.cross_entropy(x, t, weight, *options)
+        return loss.reshape(()) if unbatched and opts["reduction"] == "none" else loss
     shape = None
     arg = input
     want_grad = torch.is_grad_enabled() and input.requires_grad
@@ -852,7 +876,10 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     _check_same_device(input, target=target, weight=weight)
     opts = _loss_options(weight, ignore_index, reduction, 0.0)
     x, t, unbatched = _batched(input, target)
-    loss = torch.ops.fusedce.nll_loss(x, t, weight, opts["ignore_index"], opts["reduction"])
+    if _composite.under_transform(input, weight):
+        loss = _composite.nll_loss(x, t, weight, opts["ignore_index"], opts["reduction"])
+    else:
+        loss = torch.ops.fusedce.nll_loss(x, t, weight, opts["ignore_index"], opts["reduction"])
     if unbatched and opts["reduction"] == "none":
         loss = loss.reshape(())
     return loss
@@ -895,6 +922,8 @@ def softmax(input, dim, dtype=None):
             [0.2689, 0.7311]])
     """
     input, d = _softmax_args(input, dim, dtype, "softmax")
+    if _composite.under_transform(input):
+        return _composite.softmax(input, d)
     return torch.ops.fusedce.softmax(input, d)
 
 
@@ -908,6 +937,8 @@ def log_softmax(input, dim, dtype=None):
     tensor([[-1.3863, -1.3863, -1.3863, -1.3863]])
     """
     input, d = _softmax_args(input, dim, dtype, "log_softmax")
+    if _composite.under_transform(input):
+        return _composite.log_softmax(input, d)
     return torch.ops.fusedce.log_softmax(input, d)
 
 

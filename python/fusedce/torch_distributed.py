@@ -44,6 +44,7 @@ import torch.distributed as dist
 
 from . import _checks
 from . import shard as _shard
+from ._torch_composite import first_order as _first_order, under_transform as _under_transform
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
@@ -195,9 +196,13 @@ def _handshake(name, device, group, info, local_error):
     return offsets[rank], total, sizes
 
 
-def _check_call(name, logits, target, weight, class_offset, o, c_shard):
+def _check_call(name, logits, target, weight, class_offset, o, c_shard, others=()):
     """Local checks; returns the exception to raise (after the handshake) or None."""
     try:
+        if _under_transform(logits, weight, *others):
+            # no formulas in PyTorch's operations here (see _torch_composite.py): refused
+            raise RuntimeError(f"{name} does not run under torch.func transforms (grad, vmap, "
+                               "jvp, ...) or forward-mode AD")
         if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
             raise TypeError(f"{name}: the logits must be a floating point tensor")
         if not isinstance(target, torch.Tensor) or target.dtype not in (torch.int32, torch.int64):
@@ -213,13 +218,14 @@ def _check_call(name, logits, target, weight, class_offset, o, c_shard):
             raise ValueError(f"{name}: class_offset must be None or an integer >= 0")
         if c_shard < 0:
             raise ValueError(f"{name}: bad shard")
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError) as e:
         return e
     return None
 
 
-def _setup(name, group, x_like, rows_shape, c_shard, target, weight, class_offset, o):
-    err = _check_call(name, x_like, target, weight, class_offset, o, c_shard)
+def _setup(name, group, x_like, rows_shape, c_shard, target, weight, class_offset, o,
+           others=()):
+    err = _check_call(name, x_like, target, weight, class_offset, o, c_shard, others)
     if err is None and tuple(target.shape) != tuple(rows_shape):
         err = ValueError(f"{name}: target must have shape {tuple(rows_shape)}, got "
                          f"{tuple(target.shape)}")
@@ -332,6 +338,7 @@ class _VocabParallelCE(torch.autograd.Function):
         return _reduce(ce, zr, rw, o, row_shape, logits.dtype)
 
     @staticmethod
+    @_first_order("distributed.vocab_parallel_cross_entropy")
     def backward(ctx, grad_loss):
         logits, t, lse = ctx.saved_tensors
         o, rw = ctx.o, ctx.rw
@@ -491,6 +498,7 @@ class _VocabParallelLinearCE(torch.autograd.Function):
         return _reduce(full_ce, full_z, rw_full, o, row_shape, x.dtype)
 
     @staticmethod
+    @_first_order("distributed.vocab_parallel_linear_cross_entropy")
     def backward(ctx, grad_loss):
         o, rw = ctx.o, ctx.rw
         x_shape, x_dtype, w_dtype, b_dtype = ctx.shapes
@@ -547,5 +555,6 @@ def vocab_parallel_linear_cross_entropy(input, linear_weight_shard, target, *,
                          "linear_bias_shard (V_shard,)")
         _handshake(name, torch.device("cpu") if not isinstance(input, torch.Tensor)
                    else input.device, group, None, err)
-    _setup(name, group, x_like, input.shape[:-1], c, target, weight, class_offset, o)
+    _setup(name, group, x_like, input.shape[:-1], c, target, weight, class_offset, o,
+           others=(linear_weight_shard, linear_bias_shard))
     return _VocabParallelLinearCE.apply(input, linear_weight_shard, linear_bias_shard, target, o)
