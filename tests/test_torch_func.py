@@ -293,6 +293,31 @@ def test_linear_cross_entropy_under_transforms():
         torch.func.grad(lambda a: ft.linear_cross_entropy(a, lw, t[:3]))(h)
 
 
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_vectorized_jacobians_of_the_kernels(reduction):
+    """torch.autograd.functional.jacobian(vectorize=True) vmaps the kernels' backward over
+    a batch of upstream gradients, which must not be read as values there."""
+    x = torch.randn(4, C, generator=_gen(29), dtype=torch.float64)
+    h = torch.randn(4, 3, generator=_gen(30), dtype=torch.float64)
+    lw = torch.randn(C, 3, generator=_gen(31), dtype=torch.float64)
+    t = torch.tensor([0, 5, -100, 2])
+    pairs = [
+        (lambda z: ft.cross_entropy(z, t, reduction=reduction, label_smoothing=0.1),
+         lambda z: F.cross_entropy(z, t, reduction=reduction, label_smoothing=0.1), x),
+        (lambda a: ft.linear_cross_entropy(a, lw, t, reduction=reduction),
+         lambda a: F.cross_entropy(a @ lw.T, t, reduction=reduction), h),
+    ]
+    for ours, ref, arg in pairs:
+        want = torch.autograd.functional.jacobian(ref, arg)
+        for vectorize in (False, True):
+            got = torch.autograd.functional.jacobian(ours, arg, vectorize=vectorize)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(RuntimeError, match="batched"):
+        torch.autograd.functional.jacobian(
+            lambda z: ft.cross_entropy(z * 1.0, t, reduction=reduction, inplace=True), x,
+            vectorize=True)
+
+
 # ------------------------------------------------------------------------------------------
 # Second derivatives in eager autograd
 # ------------------------------------------------------------------------------------------

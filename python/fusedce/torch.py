@@ -247,9 +247,14 @@ def _is_unit(g):
 
 def _eager(t):
     """True when `t` holds values that can be looked at now: not under torch.compile or
-    torch.export, and not a fake or functional tensor of some other tracer (opcheck,
-    make_fx). Checks that read values (`_is_unit`) are skipped while tracing."""
-    return type(t) is torch.Tensor and not torch.compiler.is_compiling()
+    torch.export, not a fake or functional tensor of some other tracer (opcheck, make_fx),
+    and not wrapped by a torch.func transform or batched by the vmap of
+    ``torch.autograd.grad(..., is_grads_batched=True)``. Checks that read values
+    (`_is_unit`) are skipped then."""
+    functorch = torch._C._functorch
+    return (type(t) is torch.Tensor and not torch.compiler.is_compiling()
+            and not functorch.is_functorch_wrapped_tensor(t)
+            and not functorch.is_legacy_batchedtensor(t))
 
 
 # ------------------------------------------------------------------------------------------
@@ -684,6 +689,12 @@ class _CrossEntropyInplace(torch.autograd.Function):
                 "an upstream gradient other than 1; a second backward through it "
                 "(retain_graph=True, gradcheck) needs inplace=False")
         g = ctx.saved_tensors[0].detach()
+        if not _eager(grad_loss):
+            raise RuntimeError(
+                "fusedce.torch.cross_entropy(inplace=True): the upstream gradient comes "
+                "batched (torch.autograd.grad(..., is_grads_batched=True), a vectorized "
+                "jacobian), and one gradient stored in the input cannot be scaled in place "
+                "by several; use inplace=False")
         if not _is_unit(grad_loss):
             scale = grad_loss.to(g.dtype)
             if scale.dim() > 0:  # reduction "none": one factor per row, classes at dim 1
