@@ -280,7 +280,10 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     Differences from PyTorch: class probabilities as targets and K-dimensional weights
     ``(V, d1, ..., H)`` are not taken (TypeError / ValueError); inputs with more than two
     dimensions are; a ``"mean"`` over zero total weight is 0.0 (PyTorch: NaN);
-    ``label_smoothing`` outside [0, 1] raises. Second derivatives are not supported.
+    ``label_smoothing`` outside [0, 1] raises. Under ``torch.func`` transforms and
+    forward-mode AD the loss is computed with PyTorch's operations (the logits held whole);
+    an eager backward with ``create_graph=True`` raises RuntimeError (see
+    :mod:`fusedce.torch`).
 
     Raises:
         TypeError: non-tensor arguments, non-floating input, dtypes that differ between

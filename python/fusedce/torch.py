@@ -35,7 +35,13 @@ Differences from PyTorch, all inherited from fusedce: a ``"mean"`` over a zero t
 ``label_smoothing`` outside [0, 1] raises ValueError; ignored rows get an exactly zero
 gradient even when their logits are NaN or all -inf; a class whose smoothing / probability
 coefficient is 0 adds nothing even where its logit is -inf (PyTorch: 0 * -inf = NaN).
-Second derivatives (double backward) are not supported.
+
+Under ``torch.func`` transforms (grad, vmap, jacrev, jacfwd, hessian, jvp) and for inputs
+carrying a forward-mode tangent, which PyTorch's custom operators do not differentiate,
+these functions compute with PyTorch's own operations under the same conventions (see
+``_torch_composite.py``). In eager autograd, softmax, log_softmax and nll_loss have second
+derivatives; the fused losses raise RuntimeError on ``create_graph=True`` (their backward
+keeps the gradient, not the logits): use ``torch.func.hessian`` and the like for those.
 
 >>> import torch
 >>> import fusedce.torch as ft
