@@ -396,6 +396,8 @@ def job_bad_input(rank, world):
         # zero or missing derivative
         "under_torch_func": lambda: torch.func.grad(
             lambda z: D.vocab_parallel_cross_entropy(z, t))(x),
+        "weight_requires_grad": lambda: D.vocab_parallel_cross_entropy(
+            x, t, weight=torch.ones(total, requires_grad=True)),
         "second_derivative": lambda: torch.autograd.grad(
             D.vocab_parallel_cross_entropy(xg := x.clone().requires_grad_(), t), xg,
             create_graph=True),
@@ -469,7 +471,8 @@ def test_vocab_parallel_cross_entropy_matches_the_gathered_loss(world):
         bad = dict(r["bad"])
         assert bad.pop("after") == results[0]["bad"]["after"]  # the group still works
         assert all(v is not None for v in bad.values()), bad  # every bad call raised...
-        assert bad["under_torch_func"] == bad["second_derivative"] == "RuntimeError", bad
+        assert (bad["under_torch_func"] == bad["second_derivative"]
+                == bad["weight_requires_grad"] == "RuntimeError"), bad
         assert r["bad"] == results[0]["bad"] or _only_dtype_differs(r["bad"], results[0]["bad"])
         for red, *oks in r["linear"]:
             assert all(oks), (red, oks)

@@ -248,6 +248,38 @@ def test_outside_transforms_the_kernels_still_run():
     assert "fusedce" in type(ft.softmax(x, 1).grad_fn).__name__
 
 
+@pytest.mark.parametrize("kind", ["index", "prob", "nll", "linear"])
+def test_class_weights_that_require_grad_get_their_gradient(kind):
+    """The kernels' backward has no class-weight gradient; such calls are computed with
+    PyTorch's operations, checked against finite differences of the kernels' loss (and
+    against PyTorch for probability targets, the case PyTorch differentiates)."""
+    x = torch.randn(6, C, generator=_gen(32), dtype=torch.float64)
+    h = torch.randn(6, 3, generator=_gen(33), dtype=torch.float64)
+    lw = torch.randn(C, 3, generator=_gen(34), dtype=torch.float64)
+    t = torch.tensor([0, 5, -100, 2, 2, 1])
+    q = torch.softmax(torch.randn(6, C, generator=_gen(35), dtype=torch.float64), 1)
+    w0 = torch.rand(C, generator=_gen(36), dtype=torch.float64) + 0.5
+    loss_of = {
+        "index": lambda w: ft.cross_entropy(x, t, weight=w, label_smoothing=0.1, z_loss=0.01),
+        "prob": lambda w: ft.cross_entropy(x, q, weight=w),
+        "nll": lambda w: ft.nll_loss(x, t, weight=w),
+        "linear": lambda w: ft.linear_cross_entropy(h, lw, t, weight=w),
+    }[kind]
+    w = w0.clone().requires_grad_()
+    loss_of(w).backward()
+    assert w.grad is not None and w.grad.abs().max() > 0
+    step = 1e-6
+    for c in range(C):
+        e = torch.zeros(C, dtype=torch.float64)
+        e[c] = step
+        fd = (loss_of(w0 + e) - loss_of(w0 - e)) / (2 * step)
+        torch.testing.assert_close(w.grad[c], fd, rtol=1e-6, atol=1e-8)
+    if kind == "prob":
+        wr = w0.clone().requires_grad_()
+        F.cross_entropy(x, q, weight=wr).backward()
+        torch.testing.assert_close(w.grad, wr.grad)
+
+
 # ------------------------------------------------------------------------------------------
 # The other functions
 # ------------------------------------------------------------------------------------------

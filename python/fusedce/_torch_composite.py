@@ -13,7 +13,8 @@ mode and under ``torch.compile``, but not:
   that a second derivative quietly misses the loss's curvature.
 
 So the public functions of fusedce.torch check :func:`under_transform` first and, when it
-holds, compute here instead: the same formulas and conventions (fusedce's, where they
+holds (or when the class weights require grad, :func:`weight_wants_grad`), compute here
+instead: the same formulas and conventions (fusedce's, where they
 differ from PyTorch's; see fusedce.reference, which these lines follow), in plain PyTorch
 operations that every transform can see through, at PyTorch's speed and memory. A backward
 asked to build a graph in eager mode raises instead (:func:`first_order`): the fused
@@ -32,9 +33,9 @@ from torch.autograd import forward_ad
 
 from ._direct import compute_dtype
 
-__all__ = ["under_transform", "building_graph", "first_order", "cross_entropy", "nll_loss",
-           "softmax", "log_softmax", "softmax_backward", "log_softmax_backward",
-           "linear_cross_entropy"]
+__all__ = ["under_transform", "weight_wants_grad", "building_graph", "first_order",
+           "cross_entropy", "nll_loss", "softmax", "log_softmax", "softmax_backward",
+           "log_softmax_backward", "linear_cross_entropy"]
 
 
 def _has_tangent(t):
@@ -62,6 +63,13 @@ def building_graph(*grads):
     and with fake tensors; those calls are not such a request."""
     return (torch.is_grad_enabled() and not torch.compiler.is_compiling()
             and all(g is None or type(g) is torch.Tensor for g in grads))
+
+
+def weight_wants_grad(weight):
+    """True when the class weights are to be differentiated: the kernels' backward gives
+    the logits' (and soft targets') gradients only, so such calls compute here too
+    (PyTorch itself refuses it for class-index targets)."""
+    return weight is not None and weight.requires_grad and torch.is_grad_enabled()
 
 
 def first_order(name):

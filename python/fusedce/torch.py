@@ -39,7 +39,8 @@ coefficient is 0 adds nothing even where its logit is -inf (PyTorch: 0 * -inf = 
 Under ``torch.func`` transforms (grad, vmap, jacrev, jacfwd, hessian, jvp) and for inputs
 carrying a forward-mode tangent, which PyTorch's custom operators do not differentiate,
 these functions compute with PyTorch's own operations under the same conventions (see
-``_torch_composite.py``). In eager autograd, softmax, log_softmax and nll_loss have second
+``_torch_composite.py``); so do calls whose class weights require grad, which the kernels'
+backward does not differentiate. In eager autograd, softmax, log_softmax and nll_loss have second
 derivatives; the fused losses raise RuntimeError on ``create_graph=True`` (their backward
 keeps the gradient, not the logits): use ``torch.func.hessian`` and the like for those.
 
@@ -769,9 +770,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     opts = _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss=z_loss,
                          softcap=softcap)
     options = _ce_options(opts)
-    if _composite.under_transform(input, target, weight):
-        # torch.func transform or forward-mode AD: PyTorch's operations (see
-        # _torch_composite.py); inplace is moot there, the input is left as it is
+    if _composite.under_transform(input, target, weight) or _composite.weight_wants_grad(weight):
+        # torch.func transform, forward-mode AD or class weights to differentiate: PyTorch's
+        # operations (see _torch_composite.py); the input is left as it is, inplace or not
         x, t, unbatched = _batched(input, target)
         loss = _composite.cross_entropy(x, t, weight, *options)
         return loss.reshape(()) if unbatched and opts["reduction"] == "none" else loss
@@ -893,7 +894,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     _check_same_device(input, target=target, weight=weight)
     opts = _loss_options(weight, ignore_index, reduction, 0.0)
     x, t, unbatched = _batched(input, target)
-    if _composite.under_transform(input, weight):
+    if _composite.under_transform(input, weight) or _composite.weight_wants_grad(weight):
         loss = _composite.nll_loss(x, t, weight, opts["ignore_index"], opts["reduction"])
     else:
         loss = torch.ops.fusedce.nll_loss(x, t, weight, opts["ignore_index"], opts["reduction"])

@@ -211,6 +211,9 @@ def _check_call(name, logits, target, weight, class_offset, o, c_shard, others=(
             raise ValueError(f"{name}: target is on {target.device}, the logits on {logits.device}")
         if weight is not None and (not isinstance(weight, torch.Tensor) or weight.dim() != 1):
             raise ValueError(f"{name}: weight must be a 1-D tensor of all the classes' weights")
+        if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"{name}: weight requires grad, but the class weights are not "
+                               "differentiated here (detach them)")
         if weight is not None and not bool(torch.isfinite(weight).all()):
             raise ValueError(f"{name}: weight must hold finite values")
         if class_offset is not None and (isinstance(class_offset, bool)
