@@ -415,3 +415,66 @@ def test_cuda_matches_torch():  # pragma: no cover - only runs on a GPU machine
                                    torch.ones_like)
         _close(l1.cpu(), l2.cpu(), dtype, "loss")
         _close(g1.cpu(), g2.cpu(), dtype, "grad")
+
+
+# ------------------------------------------------------------------------------------------
+# autocast: losses come back in float32, as PyTorch's autocast gives them
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_losses_under_autocast_are_float32_like_pytorchs(dtype, reduction):
+    """PyTorch's autocast runs cross_entropy and nll_loss in float32 and returns float32;
+    fusedce computes half input in float32 anyway and now returns that unrounded there
+    (the input's dtype outside autocast)."""
+    gen = torch.Generator().manual_seed(40)
+    x = (3 * torch.randn(12, C, generator=gen)).to(dtype)
+    t = torch.randint(0, C, (12,), generator=gen)
+    t[::5] = -100
+    h = torch.randn(12, 4, generator=gen).to(dtype)
+    lw = torch.randn(C, 4, generator=gen).to(dtype)
+    calls = {
+        "cross_entropy": (lambda z: ft.cross_entropy(z, t, reduction=reduction),
+                          lambda z: F.cross_entropy(z, t, reduction=reduction)),
+        "nll_loss": (lambda z: ft.nll_loss(z, t, reduction=reduction),
+                     lambda z: F.nll_loss(z, t, reduction=reduction)),
+    }
+    for name, (ours, ref) in calls.items():
+        for autocast in (True, False):
+            xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+            with torch.autocast("cpu", dtype=dtype, enabled=autocast):
+                lo, lr = ours(xo), ref(xr)
+            assert lo.dtype == (torch.float32 if autocast else dtype), (name, autocast)
+            if autocast:  # the same float32 math on the same half values
+                assert lr.dtype == torch.float32
+                torch.testing.assert_close(lo, lr, rtol=1e-6, atol=1e-6)
+                g = torch.linspace(0.5, 1.5, lo.numel()).reshape(lo.shape)
+                (go,) = torch.autograd.grad(lo, xo, g)
+                (gr,) = torch.autograd.grad(lr, xr, g)
+                assert go.dtype == dtype
+                _close(go, gr, dtype, f"{name} gradient under autocast")
+    with torch.autocast("cpu", dtype=dtype):
+        lin = ft.linear_cross_entropy(h, lw, t, reduction=reduction)
+    # the GEMM in float32 (as fusedce runs it for half input), outside autocast
+    via_logits = ft.cross_entropy(h.float() @ lw.float().T, t, reduction=reduction)
+    assert lin.dtype == torch.float32
+    torch.testing.assert_close(lin, via_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_autocast_loss_dtype_under_torch_compile():
+    x = torch.randn(8, C, dtype=torch.bfloat16, requires_grad=True)
+    t = torch.randint(0, C, (8,))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def step(z):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return ft.cross_entropy(z, t)
+
+    loss = step(x)
+    assert loss.dtype == torch.float32
+    loss.backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = F.cross_entropy(x.detach(), t)
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-6, atol=1e-6)
+    assert x.grad.dtype == torch.bfloat16

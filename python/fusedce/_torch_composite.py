@@ -33,7 +33,7 @@ from torch.autograd import forward_ad
 
 from ._direct import compute_dtype
 
-__all__ = ["under_transform", "weight_wants_grad", "building_graph", "first_order",
+__all__ = ["under_transform", "loss_dtype", "weight_wants_grad", "building_graph", "first_order",
            "cross_entropy", "nll_loss", "softmax", "log_softmax", "softmax_backward",
            "log_softmax_backward", "linear_cross_entropy"]
 
@@ -63,6 +63,17 @@ def building_graph(*grads):
     and with fake tensors; those calls are not such a request."""
     return (torch.is_grad_enabled() and not torch.compiler.is_compiling()
             and all(g is None or type(g) is torch.Tensor for g in grads))
+
+
+def loss_dtype(input):
+    """The dtype a loss of `input` comes back in: the input's (PyTorch's convention) or,
+    while autocast is on for its device, float32 for float16 / bfloat16 input, as PyTorch's
+    autocast gives its losses (it runs them in float32). The kernels compute such losses in
+    float32 either way; only the rounding of the result differs."""
+    if input.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(
+            input.device.type):
+        return torch.float32
+    return input.dtype
 
 
 def weight_wants_grad(weight):
@@ -140,7 +151,7 @@ def _classes_last(t):
     return t.movedim(1, -1) if t.dim() > 1 else t
 
 
-def _reduce(per_row, reduction, numerator_terms, dtype):
+def _reduce(per_row, reduction, numerator_terms, dtype):  # dtype: of the result
     """`per_row` reduced; for "mean", `numerator_terms` is a list of (sum, divisor) pairs
     and the mean is their sum of quotients, 0 where the first divisor (the total weight)
     is 0 (fusedce's convention: a mean over nothing is 0 with a zero gradient)."""
@@ -217,7 +228,7 @@ def cross_entropy(input, target, weight, ignore_index, reduction, label_smoothin
             count = total_weight
         per_row = per_row + z
         terms.append((z.sum(), count))
-    return _reduce(per_row, reduction, terms, input.dtype)
+    return _reduce(per_row, reduction, terms, loss_dtype(input))
 
 
 def nll_loss(input, target, weight, ignore_index, reduction):
@@ -235,7 +246,7 @@ def nll_loss(input, target, weight, ignore_index, reduction):
     w_t = counted.to(cd) if weight is None else torch.where(counted, weight.to(cd)[t], 0)
     picked = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)
     per_row = -w_t * torch.where(w_t != 0, picked, 0)
-    return _reduce(per_row, reduction, [(per_row.sum(), w_t.sum())], input.dtype)
+    return _reduce(per_row, reduction, [(per_row.sum(), w_t.sum())], loss_dtype(input))
 
 
 def softmax_backward(grad, output, dim):
@@ -287,4 +298,5 @@ def linear_cross_entropy(input, linear_weight, linear_bias, target, weight, igno
     logits = torch.nn.functional.linear(input.to(cd), linear_weight.to(cd), bias)
     loss = cross_entropy(logits.reshape(-1, classes), target.reshape(-1), weight, ignore_index,
                          reduction, label_smoothing, z_loss, softcap)
-    return (loss.reshape(target.shape) if reduction == "none" else loss).to(input.dtype)
+    loss = loss.reshape(target.shape) if reduction == "none" else loss
+    return loss.to(loss_dtype(input))

@@ -102,7 +102,8 @@ def _grads(io, input, linear_weight, linear_bias, gx, gw, gb):
 def _loss_op(input, linear_weight, linear_bias, target, weight, *options):
     with _ft()._arrays_for(input) as io:
         x, w, b, t, cw = _arrays(io, input, linear_weight, linear_bias, target, weight)
-        return _tensor(io, _loss(x, w, t, **_kwargs(cw, b, *options)), input.dtype).contiguous()
+        loss = _loss(x, w, t, **_kwargs(cw, b, *options))
+        return _tensor(io, loss, _ft()._compute_dtype(input.dtype)).contiguous()
 
 
 @_op("linear_cross_entropy_with_grad", f"({_SCHEMA}) -> (Tensor, Tensor, Tensor, Tensor)")
@@ -110,7 +111,7 @@ def _with_grad_op(input, linear_weight, linear_bias, target, weight, *options):
     with _ft()._arrays_for(input) as io:
         x, w, b, t, cw = _arrays(io, input, linear_weight, linear_bias, target, weight)
         loss, gx, gw, gb = _loss_and_grads(x, w, t, **_kwargs(cw, b, *options))
-        return ((_tensor(io, loss, input.dtype).contiguous(),)
+        return ((_tensor(io, loss, _ft()._compute_dtype(input.dtype)).contiguous(),)
                 + _grads(io, input, linear_weight, linear_bias, gx, gw, gb))
 
 
@@ -136,14 +137,20 @@ def _fake_grads(input, linear_weight, linear_bias):
             else torch.empty_like(linear_bias, memory_format=torch.contiguous_format))
 
 
+def _new_loss(input, reduction):
+    """The loss as the operators give it: in the compute dtype (float32 for half input)."""
+    return input.new_empty(_loss_shape(input, reduction),
+                           dtype=_ft()._compute_dtype(input.dtype))
+
+
 @_loss_op.register_fake
 def _(input, linear_weight, linear_bias, target, weight, ignore_index, reduction, *_):
-    return input.new_empty(_loss_shape(input, reduction))
+    return _new_loss(input, reduction)
 
 
 @_with_grad_op.register_fake
 def _(input, linear_weight, linear_bias, target, weight, ignore_index, reduction, *_):
-    return ((input.new_empty(_loss_shape(input, reduction)),)
+    return ((_new_loss(input, reduction),)
             + _fake_grads(input, linear_weight, linear_bias))
 
 
@@ -275,7 +282,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
             (see :func:`fusedce.linear_cross_entropy`).
 
     Returns:
-        The loss in the input's dtype: 0-d, or ``target``'s shape for ``"none"``.
+        The loss in the input's dtype (float32 for half input under autocast): 0-d, or
+        ``target``'s shape for ``"none"``.
 
     Differences from PyTorch: class probabilities as targets and K-dimensional weights
     ``(V, d1, ..., H)`` are not taken (TypeError / ValueError); inputs with more than two
@@ -315,8 +323,10 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
         return ft._composite.linear_cross_entropy(*args[:-1])
     wanted = any(t is not None and t.requires_grad for t in (input, linear_weight, linear_bias))
     if torch.is_grad_enabled() and wanted:
-        return torch.ops.fusedce.linear_cross_entropy_with_grad(*args)[0]
-    return torch.ops.fusedce.linear_cross_entropy(*args)
+        loss = torch.ops.fusedce.linear_cross_entropy_with_grad(*args)[0]
+    else:
+        loss = torch.ops.fusedce.linear_cross_entropy(*args)
+    return loss.to(ft._composite.loss_dtype(input))
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):

@@ -28,7 +28,9 @@ is wanted). The backward runs fusedce's kernels too. CPU tensors reach the kerne
 NumPy views of their storage (no copy; a bfloat16 tensor's storage is read as such);
 CUDA tensors go through DLPack (no copy) on PyTorch's current stream. bfloat16 and
 float16 are read and written as they are and computed in float32, on both devices.
-Losses come back in the input's dtype, as in PyTorch.
+Losses come back in the input's dtype, as in PyTorch; under autocast (``torch.autocast``
+for the input's device) float16 / bfloat16 input gives float32 losses, as PyTorch's autocast
+does (fusedce computes them in float32 either way).
 
 Differences from PyTorch, all inherited from fusedce: a ``"mean"`` over a zero total weight
 (every target ignored, empty batch) is 0.0 with a zero gradient rather than NaN;
@@ -275,7 +277,8 @@ def _eager(t):
 # (N, C, d1, ...) tensor; the public wrappers add the batch dimension to a 1-D input and
 # check every argument first, so that an error names the argument before any operator runs.
 # One Python function is both the CPU and the CUDA kernel of an operator: `_arrays_for`
-# picks the way in. Results are always fresh tensors (the input's dtype, contiguous), except
+# picks the way in. Results are always fresh tensors (the input's dtype, contiguous; losses in
+# the compute dtype, which the public functions round to the input's outside autocast), except
 # for cross_entropy_with_grad_, which declares that it writes over its input.
 #
 #   cross_entropy            the loss alone (no gradient wanted for the logits)
@@ -332,6 +335,17 @@ def _result(t, like):
     return t.to(like.dtype).contiguous()
 
 
+def _loss_result(t, input):
+    """An operator's loss: in the dtype it was computed in (float32 for half input), which
+    the public functions round to what the caller gets (_composite.loss_dtype)."""
+    return t.to(_compute_dtype(input.dtype)).contiguous()
+
+
+def _new_loss(input, reduction):
+    """A fake function's loss, as _loss_result makes it."""
+    return input.new_empty(_loss_shape(input, reduction), dtype=_compute_dtype(input.dtype))
+
+
 # On CUDA the plain call (2-D logits, class indices, no weights, smoothing or soft-cap) goes
 # straight from the tensors to the kernels (fusedce._direct): 0.6 ms less host time per call on
 # an H200 (docs/gpu.md in the source repository). Not on the CPU: there the array layer's own
@@ -340,12 +354,13 @@ def _result(t, like):
 @_op("cross_entropy", f"(Tensor input, {_CE_SCHEMA}) -> Tensor")
 def _ce_op(input, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
     if _direct.plain(input, target, weight, label_smoothing, softcap):
-        return _direct.cross_entropy(input, target, ignore_index, reduction, z_loss)
+        return _direct.cross_entropy(input, target, ignore_index, reduction, z_loss,
+                                     loss_dtype=_compute_dtype(input.dtype))
     with _arrays_for(input) as io:
         x, t, w = _ce_arrays(io, input, target, weight)
         loss = _fc.cross_entropy(x, t, **_ce_kwargs(w, ignore_index, reduction,
                                                      label_smoothing, z_loss, softcap))
-        return _result(io.tensor(loss), input)
+        return _loss_result(io.tensor(loss), input)
 
 
 @_op("cross_entropy_with_grad", f"(Tensor input, {_CE_SCHEMA}) -> (Tensor, Tensor)")
@@ -353,12 +368,14 @@ def _ce_with_grad_op(input, target, weight, ignore_index, reduction, label_smoot
                      softcap):
     if _direct.plain(input, target, weight, label_smoothing, softcap):
         grad = _direct.empty_like(input)
-        return _direct.cross_entropy(input, target, ignore_index, reduction, z_loss, grad), grad
+        loss = _direct.cross_entropy(input, target, ignore_index, reduction, z_loss, grad,
+                                     loss_dtype=_compute_dtype(input.dtype))
+        return loss, grad
     with _arrays_for(input) as io:
         x, t, w = _ce_arrays(io, input, target, weight)
         loss, grad = _fc.cross_entropy_with_grad(
             x, t, **_ce_kwargs(w, ignore_index, reduction, label_smoothing, z_loss, softcap))
-        return _result(io.tensor(loss), input), _result(io.tensor(grad), input)
+        return _loss_result(io.tensor(loss), input), _result(io.tensor(grad), input)
 
 
 @_op("cross_entropy_with_grad_", f"(Tensor(a!) input, {_CE_SCHEMA}) -> Tensor",
@@ -368,12 +385,13 @@ def _ce_with_grad_inplace_op(input, target, weight, ignore_index, reduction, lab
     kw = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
               z_loss=z_loss, softcap=softcap)
     if _direct.plain(input, target, weight, label_smoothing, softcap):
-        return _direct.cross_entropy(input, target, ignore_index, reduction, z_loss, input)
+        return _direct.cross_entropy(input, target, ignore_index, reduction, z_loss, input,
+                                     loss_dtype=_compute_dtype(input.dtype))
     with _arrays_for(input) as io:
         x, t, w = _ce_arrays(io, input, target, weight)
         loss, grad = _fc.cross_entropy_with_grad(x, t, inplace=True, **_ce_kwargs(w, **kw))
         io.write_back(input, grad)  # a no-op unless fusedce had to work on a copy
-        return _result(io.tensor(loss), input)
+        return _loss_result(io.tensor(loss), input)
 
 
 @_op("cross_entropy_backward", f"(Tensor grad_loss, Tensor input, {_CE_SCHEMA}) -> Tensor")
@@ -390,18 +408,18 @@ def _ce_backward_op(grad_loss, input, target, weight, ignore_index, reduction,
 
 @_ce_op.register_fake
 def _(input, target, weight, ignore_index, reduction, *_):
-    return input.new_empty(_loss_shape(input, reduction))
+    return _new_loss(input, reduction)
 
 
 @_ce_with_grad_op.register_fake
 def _(input, target, weight, ignore_index, reduction, *_):
-    return (input.new_empty(_loss_shape(input, reduction)),
+    return (_new_loss(input, reduction),
             torch.empty_like(input, memory_format=torch.contiguous_format))
 
 
 @_ce_with_grad_inplace_op.register_fake
 def _(input, target, weight, ignore_index, reduction, *_):
-    return input.new_empty(_loss_shape(input, reduction))
+    return _new_loss(input, reduction)
 
 
 @_ce_backward_op.register_fake
@@ -490,7 +508,7 @@ def _nll_op(input, target, weight, ignore_index, reduction):
         w = None if weight is None else io.array(weight, dtype=_compute_dtype(input.dtype))
         loss = _fc.nll_loss(io.array(input), io.array(target), weight=w, axis=1,
                             ignore_index=ignore_index, reduction=reduction)
-        return _result(io.tensor(loss), input)
+        return _loss_result(io.tensor(loss), input)
 
 
 @_op("nll_loss_backward", f"(Tensor grad_loss, Tensor input, {_NLL_SCHEMA}) -> Tensor")
@@ -506,7 +524,7 @@ def _nll_backward_op(grad_loss, input, target, weight, ignore_index, reduction):
 
 @_nll_op.register_fake
 def _(input, target, weight, ignore_index, reduction):
-    return input.new_empty(_loss_shape(input, reduction))
+    return _new_loss(input, reduction)
 
 
 @_nll_backward_op.register_fake
@@ -668,6 +686,7 @@ class _CrossEntropyInplace(torch.autograd.Function):
         logits = input if shape is None else input.view(shape)
         x_t, t_t, unbatched = _batched(logits, target)
         loss = torch.ops.fusedce.cross_entropy_with_grad_(x_t, t_t, weight, *options)
+        loss = loss.to(_composite.loss_dtype(logits))
         if unbatched and options[1] == "none":
             loss = loss.reshape(())
         ctx.reduction = options[1]
@@ -745,7 +764,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             gradient is wanted.
 
     Returns:
-        The loss in the input's dtype: a 0-d tensor, or per-row losses for ``"none"``.
+        The loss in the input's dtype (float32 for half input under autocast): a 0-d
+        tensor, or per-row losses for ``"none"``.
 
     Raises:
         TypeError: a non-tensor or non-floating input, an unsupported device or dtype.
@@ -815,6 +835,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         loss, _ = torch.ops.fusedce.cross_entropy_with_grad(x, t, weight, *options)
     else:  # no N x C gradient when none is wanted
         loss = torch.ops.fusedce.cross_entropy(x, t, weight, *options)
+    loss = loss.to(_composite.loss_dtype(input))
     if unbatched and opts["reduction"] == "none":
         loss = loss.reshape(())
     return loss
@@ -876,7 +897,8 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
         weight, ignore_index, reduction: as in :func:`cross_entropy`.
 
     Returns:
-        ``-w[t] * input[t]`` per row, reduced; the loss is in the input's dtype.
+        ``-w[t] * input[t]`` per row, reduced; the loss is in the input's dtype (float32
+        for half input under autocast).
 
     Raises:
         TypeError, ValueError, IndexError: as :func:`cross_entropy`.
@@ -898,6 +920,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
         loss = _composite.nll_loss(x, t, weight, opts["ignore_index"], opts["reduction"])
     else:
         loss = torch.ops.fusedce.nll_loss(x, t, weight, opts["ignore_index"], opts["reduction"])
+        loss = loss.to(_composite.loss_dtype(input))
     if unbatched and opts["reduction"] == "none":
         loss = loss.reshape(())
     return loss

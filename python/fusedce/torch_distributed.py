@@ -44,7 +44,8 @@ import torch.distributed as dist
 
 from . import _checks
 from . import shard as _shard
-from ._torch_composite import first_order as _first_order, under_transform as _under_transform
+from ._torch_composite import first_order as _first_order, loss_dtype as _loss_dtype
+from ._torch_composite import under_transform as _under_transform
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
@@ -338,7 +339,7 @@ class _VocabParallelCE(torch.autograd.Function):
         ce, zr = _row_losses(lse, xt, dot, rw, o)
         ctx.o, ctx.rw, ctx.row_shape = o, rw, row_shape
         ctx.save_for_backward(logits, t, lse)
-        return _reduce(ce, zr, rw, o, row_shape, logits.dtype)
+        return _reduce(ce, zr, rw, o, row_shape, _loss_dtype(logits))
 
     @staticmethod
     @_first_order("distributed.vocab_parallel_cross_entropy")
@@ -498,7 +499,7 @@ class _VocabParallelLinearCE(torch.autograd.Function):
             ctx.save_for_backward(gx, gw, gb if gb is not None else torch.empty(0), keep)
         elif needs:
             ctx.save_for_backward(xk, w, b if b is not None else torch.empty(0), tk, lse, keep)
-        return _reduce(full_ce, full_z, rw_full, o, row_shape, x.dtype)
+        return _reduce(full_ce, full_z, rw_full, o, row_shape, _loss_dtype(x))
 
     @staticmethod
     @_first_order("distributed.vocab_parallel_linear_cross_entropy")
