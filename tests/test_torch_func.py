@@ -390,3 +390,41 @@ def test_eager_second_derivatives_of_softmax_log_softmax_and_nll_loss():
         torch.testing.assert_close(hess, torch.autograd.functional.hessian(ref, x))
         assert hess.abs().max() > 0
         assert torch.autograd.gradgradcheck(ours, (x.clone().requires_grad_(),))
+
+
+# ------------------------------------------------------------------------------------------
+# Transforms inside a compiled function
+# ------------------------------------------------------------------------------------------
+
+
+def test_transforms_inside_torch_compile():
+    """A torch.func transform inside a compiled function breaks the graph at the loss (the
+    operators alone gave a zero tangent there), so the loss runs eagerly and right; with
+    fullgraph=True that break is an error. Forward-mode AD goes into the graph whole."""
+    x = torch.randn(4, C, generator=_gen(37))
+    v = torch.randn(4, C, generator=_gen(38))
+    t = torch.tensor([0, 5, -100, 2])
+    _, g = _eager_grad(lambda z: ft.cross_entropy(z, t), x)
+
+    def forward_mode(z):
+        with torch.autograd.forward_ad.dual_level():
+            dual = torch.autograd.forward_ad.make_dual(z, v)
+            return torch.autograd.forward_ad.unpack_dual(ft.cross_entropy(dual, t)).tangent
+
+    transforms = [
+        (lambda z: torch.func.grad(lambda y: ft.cross_entropy(y, t))(z), g),
+        (lambda z: torch.func.jvp(lambda y: ft.cross_entropy(y, t), (z,), (v,))[1], (g * v).sum()),
+        (lambda z: torch.func.vmap(lambda y, s: ft.cross_entropy(y[None], s[None]))(z, t),
+         ft.cross_entropy(x, t, reduction="none")),
+    ]
+    for fn, want in transforms:
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(fn, backend="aot_eager")(x), want,
+                                   rtol=1e-5, atol=1e-6)
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match="non-Tensor"):
+            torch.compile(fn, fullgraph=True, backend="aot_eager")(x)
+    torch._dynamo.reset()
+    got = torch.compile(forward_mode, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(got, (g * v).sum(), rtol=1e-5, atol=1e-6)
+    torch._dynamo.reset()

@@ -45,10 +45,13 @@ def _has_tangent(t):
 def under_transform(*tensors):
     """True when a torch.func transform is running, or when one of `tensors` carries a
     forward-mode tangent: the cases that PyTorch's custom operators get wrong (above).
-    Never while torch.compile traces, where the operators are what the graph should hold."""
+    While torch.compile traces, the transform test is one Dynamo evaluates when no
+    transform runs (None); inside one it cannot, and breaks the graph there (an error with
+    fullgraph=True), so that this function runs eagerly and answers below."""
     if torch.compiler.is_compiling():
-        return False
-    if torch._C._are_functorch_transforms_active():
+        if torch._C._functorch.maybe_current_level() is not None:
+            return True
+    elif torch._C._are_functorch_transforms_active():
         return True
     # forward_ad keeps the innermost dual level in this module-level variable; below 0 no
     # dual level is open, and no tensor can carry a tangent
@@ -124,9 +127,17 @@ def _check_shape(t, shape, name, what):
 
 
 def _check_class_indices(target, classes, ignore_index):
+    """Raises IndexError for a class index outside [0, C) other than ignore_index; inside a
+    compiled function (forward-mode AD there), whose values are not known while tracing,
+    the graph checks them when it runs (RuntimeError)."""
     if target.dtype not in (torch.int32, torch.int64):
         raise TypeError("target must hold class indices (int64 or int32) or class "
                         f"probabilities (floating point), got {target.dtype}")
+    if torch.compiler.is_compiling():
+        bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+        torch._assert_async(~bad.any(), "target holds a class index outside [0, C) that is "
+                            "not ignore_index")
+        return
     t = _values(target)
     bad = (t != ignore_index) & ((t < 0) | (t >= classes))
     if bool(bad.any()):
