@@ -14,11 +14,12 @@ mode and under ``torch.compile``, but not:
 
 So the public functions of fusedce.torch check :func:`under_transform` first and, when it
 holds (or when the class weights require grad, :func:`weight_wants_grad`), compute here
-instead: the same formulas and conventions (fusedce's, where they
-differ from PyTorch's; see fusedce.reference, which these lines follow), in plain PyTorch
-operations that every transform can see through, at PyTorch's speed and memory. A backward
-asked to build a graph in eager mode raises instead (:func:`first_order`): the fused
-backward keeps the gradient, not the logits, so it has nothing to build it from.
+instead: the same formulas and conventions (fusedce's where they differ from PyTorch's;
+fusedce.reference, which these lines follow), in plain PyTorch operations that every
+transform can see through, at PyTorch's speed and memory. A backward asked to build a graph
+in eager mode raises instead (:func:`first_order`) where it has nothing to build it from
+(the fused losses keep the gradient, not the logits). The rule for the dtype of a loss
+(:func:`loss_dtype`, autocast) lives here too, shared by every torch wrapper.
 
 The inputs are already checked by the public functions (types, options, devices); the
 checks below are the ones the kernels make while they run (shapes, class indices).
@@ -33,9 +34,9 @@ from torch.autograd import forward_ad
 
 from ._direct import compute_dtype
 
-__all__ = ["under_transform", "loss_dtype", "weight_wants_grad", "building_graph", "first_order",
-           "cross_entropy", "nll_loss", "softmax", "log_softmax", "softmax_backward",
-           "log_softmax_backward", "linear_cross_entropy"]
+__all__ = ["under_transform", "loss_dtype", "weight_wants_grad", "building_graph",
+           "first_order", "cross_entropy", "nll_loss", "softmax", "log_softmax",
+           "softmax_backward", "log_softmax_backward", "linear_cross_entropy"]
 
 
 def _has_tangent(t):
@@ -86,7 +87,12 @@ def weight_wants_grad(weight):
     return weight is not None and weight.requires_grad and torch.is_grad_enabled()
 
 
-def first_order(name):
+_UNDER_TORCH_FUNC = ("use torch.func (grad, jacrev, jacfwd, hessian, jvp, vmap), under which "
+                     "fusedce.torch computes with PyTorch's differentiable operations, or "
+                     "torch.nn.functional")
+
+
+def first_order(name, remedy=_UNDER_TORCH_FUNC):
     """Decorator for the backward functions of fusedce.torch: runs them without recording
     a graph and refuses to be asked for one (:func:`building_graph`), where they would
     otherwise hand back a gradient that a second derivative sees as a constant."""
@@ -96,11 +102,8 @@ def first_order(name):
             if building_graph(*grads):
                 raise RuntimeError(
                     f"fusedce.torch.{name}: second derivatives are not available in eager "
-                    "autograd (a backward with create_graph=True): the fused backward keeps "
-                    "the gradient, not the inputs, and cannot differentiate it again. Use "
-                    "torch.func (grad, jacrev, jacfwd, hessian, jvp, vmap), under which "
-                    f"fusedce.torch.{name} computes with PyTorch's differentiable operations, "
-                    "or the torch.nn.functional function")
+                    "autograd (a backward with create_graph=True): the backward runs "
+                    f"fusedce's kernels, which autograd cannot differentiate again; {remedy}")
             with torch.no_grad():
                 return backward(ctx, *grads)
         return run

@@ -42,9 +42,9 @@ Under ``torch.func`` transforms (grad, vmap, jacrev, jacfwd, hessian, jvp) and f
 carrying a forward-mode tangent, which PyTorch's custom operators do not differentiate,
 these functions compute with PyTorch's own operations under the same conventions (see
 ``_torch_composite.py``); so do calls whose class weights require grad, which the kernels'
-backward does not differentiate. In eager autograd, softmax, log_softmax and nll_loss have second
-derivatives; the fused losses raise RuntimeError on ``create_graph=True`` (their backward
-keeps the gradient, not the logits): use ``torch.func.hessian`` and the like for those.
+backward does not differentiate. In eager autograd, softmax, log_softmax and nll_loss have
+second derivatives; the fused losses raise RuntimeError on ``create_graph=True`` (their
+backward keeps the gradient, not the logits): use ``torch.func.hessian`` and the like there.
 
 >>> import torch
 >>> import fusedce.torch as ft
@@ -790,7 +790,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     opts = _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss=z_loss,
                          softcap=softcap)
     options = _ce_options(opts)
-    if _composite.under_transform(input, target, weight) or _composite.weight_wants_grad(weight):
+    if (_composite.under_transform(input, target, weight)
+            or _composite.weight_wants_grad(weight)):
         # torch.func transform, forward-mode AD or class weights to differentiate: PyTorch's
         # operations (see _torch_composite.py); the input is left as it is, inplace or not
         x, t, unbatched = _batched(input, target)

@@ -47,6 +47,9 @@ from . import shard as _shard
 from ._torch_composite import first_order as _first_order, loss_dtype as _loss_dtype
 from ._torch_composite import under_transform as _under_transform
 
+# what the refusal of a second derivative suggests (no torch.func path here)
+_NO_SECOND_ORDER = "these losses have first derivatives only"
+
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -342,7 +345,7 @@ class _VocabParallelCE(torch.autograd.Function):
         return _reduce(ce, zr, rw, o, row_shape, _loss_dtype(logits))
 
     @staticmethod
-    @_first_order("distributed.vocab_parallel_cross_entropy")
+    @_first_order("distributed.vocab_parallel_cross_entropy", _NO_SECOND_ORDER)
     def backward(ctx, grad_loss):
         logits, t, lse = ctx.saved_tensors
         o, rw = ctx.o, ctx.rw
@@ -502,7 +505,7 @@ class _VocabParallelLinearCE(torch.autograd.Function):
         return _reduce(full_ce, full_z, rw_full, o, row_shape, _loss_dtype(x))
 
     @staticmethod
-    @_first_order("distributed.vocab_parallel_linear_cross_entropy")
+    @_first_order("distributed.vocab_parallel_linear_cross_entropy", _NO_SECOND_ORDER)
     def backward(ctx, grad_loss):
         o, rw = ctx.o, ctx.rw
         x_shape, x_dtype, w_dtype, b_dtype = ctx.shapes
