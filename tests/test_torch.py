@@ -478,3 +478,25 @@ def test_autocast_loss_dtype_under_torch_compile():
         want = F.cross_entropy(x.detach(), t)
     torch.testing.assert_close(loss.detach(), want, rtol=1e-6, atol=1e-6)
     assert x.grad.dtype == torch.bfloat16
+
+
+def test_uint8_class_indices_as_pytorch_takes_them():
+    gen = torch.Generator().manual_seed(41)
+    x = torch.randn(9, C, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, C, (9,), generator=gen)
+    h = torch.randn(9, 4, generator=gen, dtype=torch.float64)
+    lw = torch.randn(C, 4, generator=gen, dtype=torch.float64)
+    pairs = [
+        (lambda z, y: ft.cross_entropy(z, y, ignore_index=2, label_smoothing=0.1),
+         lambda z, y: F.cross_entropy(z, y, ignore_index=2, label_smoothing=0.1), x),
+        (lambda z, y: ft.nll_loss(z, y, reduction="sum"),
+         lambda z, y: F.nll_loss(z, y, reduction="sum"), x),
+        (lambda a, y: ft.linear_cross_entropy(a, lw, y), lambda a, y: F.cross_entropy(a @ lw.T, y),
+         h),
+    ]
+    for ours, ref, arg in pairs:
+        (loss, grad), (want_loss, want_grad) = _both(
+            lambda z: ours(z, t.to(torch.uint8)), lambda z: ref(z, t), arg,
+            lambda loss: torch.ones_like(loss))
+        _close(loss, want_loss, torch.float64, "loss")
+        _close(grad, want_grad, torch.float64, "gradient")

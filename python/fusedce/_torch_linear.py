@@ -265,7 +265,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
             in their own precision; float16/bfloat16 computed in float32, gradients
             returned in the tensors' dtypes).
         linear_weight: ``(V, H)``, the dtype of ``input`` (``nn.Linear(H, V).weight``).
-        target: int64/int32 class indices of shape ``input.shape[:-1]`` (0-d for a 1-D
+        target: int64/int32/uint8 class indices of shape ``input.shape[:-1]`` (0-d for a 1-D
             input), each in ``[0, V)`` or equal to ``ignore_index``.
         linear_bias: optional ``(V,)`` bias, the dtype of ``input``.
         weight: optional ``(V,)`` class weights.
@@ -312,6 +312,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     """
     ft = _ft()
     _check(input, linear_weight, target, linear_bias, weight)
+    target = ft._class_indices(target)
     opts = ft._loss_options(weight, -100 if ignore_index is None else ignore_index, reduction,
                             label_smoothing, z_loss=z_loss, softcap=softcap)
     args = (input, linear_weight, linear_bias, target, weight, opts["ignore_index"], reduction,

@@ -238,6 +238,12 @@ def _loss_options(weight, ignore_index, reduction, label_smoothing, **lm_options
                 label_smoothing=_checks.label_smoothing(label_smoothing), **lm_options)
 
 
+def _class_indices(target):
+    """PyTorch takes uint8 class indices besides int64; the kernels take int32 and int64,
+    so a uint8 target is widened (a copy of N values, never N x C)."""
+    return target.long() if target.dtype == torch.uint8 else target
+
+
 def _batched(input, target):
     """PyTorch allows an unbatched (C,) input with a 0-d index target or a (C,) probability
     target; fusedce wants a batch, so such a pair becomes (1, C) and (1,) / (1, C)."""
@@ -739,7 +745,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         input: logits, floating point, shape ``(N, C)``, ``(N, C, d1, ..., dk)`` or ``(C,)``;
             the classes are dimension 1 (dimension 0 for a 1-D input). float32 and float64 are
             computed in their own precision, float16 and bfloat16 in float32.
-        target: class indices (int64 or int32) shaped like ``input`` without dimension 1
+        target: class indices (int64, int32 or uint8) shaped like ``input`` without dimension 1
             (0-d for a 1-D input), each in ``[0, C)`` or equal to ``ignore_index``; or class
             probabilities, floating point, shaped like ``input``.
         weight: optional ``(C,)`` tensor of class weights, on the input's device.
@@ -786,6 +792,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     _check_input(input)
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    target = _class_indices(target)
     _check_same_device(input, target=target, weight=weight)
     opts = _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss=z_loss,
                          softcap=softcap)
@@ -894,7 +901,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
 
     Args:
         input: log-probabilities, floating point, ``(N, C)``, ``(N, C, d1, ...)`` or ``(C,)``.
-        target: int64/int32 class indices shaped like ``input`` without dimension 1.
+        target: int64/int32/uint8 class indices shaped like ``input`` without dimension 1.
         weight, ignore_index, reduction: as in :func:`cross_entropy`.
 
     Returns:
@@ -913,7 +920,8 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.is_floating_point():
-        raise TypeError("target must hold class indices (int64 or int32) for nll_loss")
+        raise TypeError("target must hold class indices (int64, int32 or uint8) for nll_loss")
+    target = _class_indices(target)
     _check_same_device(input, target=target, weight=weight)
     opts = _loss_options(weight, ignore_index, reduction, 0.0)
     x, t, unbatched = _batched(input, target)
