@@ -500,3 +500,32 @@ def test_uint8_class_indices_as_pytorch_takes_them():
             lambda loss: torch.ones_like(loss))
         _close(loss, want_loss, torch.float64, "loss")
         _close(grad, want_grad, torch.float64, "gradient")
+
+
+def test_nll_softmax_and_log_softmax_modules_match_torch_nn():
+    gen = torch.Generator().manual_seed(42)
+    x = torch.randn(7, C, 3, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, C, (7, 3), generator=gen)
+    t[0, 0] = 3
+    w = torch.rand(C, generator=gen, dtype=torch.float64) + 0.5
+    pairs = [
+        (ft.NLLLoss(weight=w, ignore_index=3, reduction="sum"),
+         torch.nn.NLLLoss(weight=w, ignore_index=3, reduction="sum"), True),
+        (ft.Softmax(dim=1), torch.nn.Softmax(dim=1), False),
+        (ft.LogSoftmax(dim=-1), torch.nn.LogSoftmax(dim=-1), False),
+    ]
+    for ours, ref, takes_target in pairs:
+        call = (lambda m: lambda z: m(z, t)) if takes_target else (lambda m: m)
+        (out, grad), (want, want_grad) = _both(
+            call(ours), call(ref), x, lambda y: torch.rand(y.shape, generator=gen,
+                                                           dtype=y.dtype))
+        _close(out, want, torch.float64, f"{type(ours).__name__} value")
+        _close(grad, want_grad, torch.float64, f"{type(ours).__name__} gradient")
+        if not takes_target:
+            assert repr(ours) == repr(ref)  # "Softmax(dim=1)", "LogSoftmax(dim=-1)"
+    assert repr(pairs[0][0]) == "NLLLoss(ignore_index=3, reduction='sum')"
+    assert torch.equal(ft.NLLLoss(weight=w).state_dict()["weight"], w)
+    with pytest.raises(TypeError, match="dim must be given"):
+        ft.Softmax(None)
+    with pytest.raises(ValueError, match="reduction"):
+        ft.NLLLoss(reduction="avg")

@@ -10,8 +10,9 @@ target, and the argument names and defaults are PyTorch's:
     CrossEntropyLoss(weight=None, ignore_index=-100, reduction="mean",
                      label_smoothing=0.0, inplace=False, *, z_loss=0.0, softcap=None)
     nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean")
-    log_softmax(input, dim, dtype=None)
-    softmax(input, dim, dtype=None)
+    NLLLoss(weight=None, ignore_index=-100, reduction="mean")
+    log_softmax(input, dim, dtype=None), LogSoftmax(dim)
+    softmax(input, dim, dtype=None), Softmax(dim)
     linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None,
                          reduction="mean", ignore_index=-100, label_smoothing=0.0,
                          z_loss=0.0, softcap=None, chunk_size=None)   # F.linear_cross_entropy
@@ -80,8 +81,9 @@ _fc = types.SimpleNamespace(**{name: _taking_cpu_tensors(name) for name in (
     "cross_entropy", "cross_entropy_backward", "cross_entropy_with_grad", "log_softmax",
     "log_softmax_backward", "nll_loss", "nll_loss_backward", "softmax", "softmax_backward")})
 
-__all__ = ["cross_entropy", "CrossEntropyLoss", "nll_loss", "log_softmax", "softmax",
-           "linear_cross_entropy", "LinearCrossEntropyLoss", "distributed"]
+__all__ = ["cross_entropy", "CrossEntropyLoss", "nll_loss", "NLLLoss", "log_softmax",
+           "LogSoftmax", "softmax", "Softmax", "linear_cross_entropy", "LinearCrossEntropyLoss",
+           "distributed"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -935,6 +937,31 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     return loss
 
 
+class NLLLoss(torch.nn.Module):
+    """Module form of :func:`nll_loss`, as ``torch.nn.NLLLoss`` (the class weights a buffer).
+
+    >>> import torch, fusedce.torch as ft
+    >>> loss_fn = ft.NLLLoss(ignore_index=1)
+    >>> logp = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]))
+    >>> round(loss_fn(logp, torch.tensor([0, 1, 1])).item(), 4)   # row 0 alone: -log 0.5
+    0.6931
+    """
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean"):
+        super().__init__()
+        _loss_options(weight, ignore_index, reduction, 0.0)
+        self.register_buffer("weight", weight)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                        reduction=self.reduction)
+
+    def extra_repr(self):
+        return f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+
+
 # ------------------------------------------------------------------------------------------
 # softmax / log_softmax
 # ------------------------------------------------------------------------------------------
@@ -990,6 +1017,39 @@ def log_softmax(input, dim, dtype=None):
     if _composite.under_transform(input):
         return _composite.log_softmax(input, d)
     return torch.ops.fusedce.log_softmax(input, d)
+
+
+class Softmax(torch.nn.Module):
+    """Module form of :func:`softmax`, as ``torch.nn.Softmax`` (``dim`` required).
+
+    >>> import torch, fusedce.torch as ft
+    >>> ft.Softmax(dim=0)(torch.zeros(4))
+    tensor([0.2500, 0.2500, 0.2500, 0.2500])
+    """
+
+    def __init__(self, dim):
+        super().__init__()
+        if dim is None:
+            raise TypeError("Softmax: dim must be given (PyTorch's implicit choice is deprecated)")
+        self.dim = dim
+
+    def forward(self, input):
+        return softmax(input, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    """Module form of :func:`log_softmax`, as ``torch.nn.LogSoftmax`` (``dim`` required).
+
+    >>> import torch, fusedce.torch as ft
+    >>> ft.LogSoftmax(dim=1)(torch.zeros(1, 2))
+    tensor([[-0.6931, -0.6931]])
+    """
+
+    def forward(self, input):
+        return log_softmax(input, self.dim)
 
 
 # ------------------------------------------------------------------------------------------
