@@ -428,3 +428,27 @@ def test_transforms_inside_torch_compile():
     got = torch.compile(forward_mode, fullgraph=True, backend="aot_eager")(x)
     torch.testing.assert_close(got, (g * v).sum(), rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
+
+
+GRADCHECK_CASES = {
+    "cross_entropy none": lambda z, a, b: ft.cross_entropy(
+        z, torch.tensor([0, 2, -100, 1]), weight=torch.linspace(0.5, 1.5, 5, dtype=z.dtype),
+        reduction="none", label_smoothing=0.1, z_loss=0.01, softcap=2.0),
+    "cross_entropy mean": lambda z, a, b: ft.cross_entropy(z, torch.tensor([0, 2, -100, 1])),
+    "nll_loss": lambda z, a, b: ft.nll_loss(z, torch.tensor([0, 2, -100, 1]), reduction="none"),
+    "softmax": lambda z, a, b: ft.softmax(z, 1),
+    "log_softmax": lambda z, a, b: ft.log_softmax(z, 0),
+    "linear_cross_entropy": lambda z, a, b: ft.linear_cross_entropy(
+        a, b, torch.tensor([0, 2, -100, 1]), reduction="none"),
+}
+
+
+@pytest.mark.parametrize("case", list(GRADCHECK_CASES))
+def test_pytorch_gradcheck_with_batched_grads_and_forward_ad(case):
+    """PyTorch's own checker, in the modes that vmap the backward and use forward-mode AD."""
+    x = torch.randn(4, 5, generator=_gen(39), dtype=torch.float64, requires_grad=True)
+    h = torch.randn(4, 3, generator=_gen(40), dtype=torch.float64, requires_grad=True)
+    lw = torch.randn(5, 3, generator=_gen(41), dtype=torch.float64, requires_grad=True)
+    args = (x, h, lw)
+    assert torch.autograd.gradcheck(GRADCHECK_CASES[case], args, check_batched_grad=True)
+    assert torch.autograd.gradcheck(GRADCHECK_CASES[case], args, check_forward_ad=True)
