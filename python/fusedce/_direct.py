@@ -34,6 +34,16 @@ def compute_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def check_class_indices(target, classes, ignore_index):
+    """IndexError naming the first class index of `target` (a plain tensor) outside
+    [0, classes) that is not ignore_index (one host synchronisation)."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+    if bool(bad.any()):
+        first = int(target.reshape(-1)[int(torch.argmax(bad.reshape(-1).to(torch.uint8)))])
+        raise IndexError(f"target holds class index {first}, outside [0, {classes}) and not "
+                         f"ignore_index={ignore_index}")
+
+
 def empty_like(logits):
     """A fresh gradient tensor for ``logits`` (contiguous)."""
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
@@ -100,11 +110,7 @@ def cross_entropy(input, target, ignore_index, reduction, z_loss, grad_out=None,
         lo, hi = torch.stack((lo, hi)).tolist()
         none_ignored = not (lo <= ignore_index <= hi)
         if lo < 0 or hi >= c:
-            bad = (t != ignore_index) & ((t < 0) | (t >= c))
-            if bool(bad.any()):
-                first = int(t[int(torch.argmax(bad.to(torch.uint8)))])
-                raise IndexError(f"target holds class index {first}, outside [0, {c}) and not "
-                                 f"ignore_index={ignore_index}")
+            check_class_indices(t, c, ignore_index)
     # "mean" divides by the number of counted rows: n when none is ignored (known without a
     # pass), else counted on the device (no synchronisation)
     denom = None

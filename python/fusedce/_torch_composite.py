@@ -13,8 +13,8 @@ mode and under ``torch.compile``, but not:
   that a second derivative quietly misses the loss's curvature.
 
 So the public functions of fusedce.torch check :func:`under_transform` first and, when it
-holds (or when the class weights require grad, :func:`weight_wants_grad`), compute here
-instead: the same formulas and conventions (fusedce's where they differ from PyTorch's;
+holds (or, for the losses, when the class weights require grad: :func:`computes_here`),
+compute here instead: the same formulas and conventions (fusedce's where they differ from PyTorch's;
 fusedce.reference, which these lines follow), in plain PyTorch operations that every
 transform can see through, at PyTorch's speed and memory. A backward asked to build a graph
 in eager mode raises instead (:func:`first_order`) where it has nothing to build it from
@@ -32,11 +32,11 @@ import functools
 import torch
 from torch.autograd import forward_ad
 
-from ._direct import compute_dtype
+from ._direct import check_class_indices, compute_dtype
 
-__all__ = ["under_transform", "loss_dtype", "weight_wants_grad", "building_graph",
-           "first_order", "cross_entropy", "nll_loss", "softmax", "log_softmax",
-           "softmax_backward", "log_softmax_backward", "linear_cross_entropy"]
+__all__ = ["under_transform", "loss_dtype", "weight_wants_grad", "computes_here",
+           "building_graph", "first_order", "cross_entropy", "nll_loss", "softmax",
+           "log_softmax", "softmax_backward", "log_softmax_backward", "linear_cross_entropy"]
 
 
 def _has_tangent(t):
@@ -85,6 +85,13 @@ def weight_wants_grad(weight):
     the logits' (and soft targets') gradients only, so such calls compute here too
     (PyTorch itself refuses it for class-index targets)."""
     return weight is not None and weight.requires_grad and torch.is_grad_enabled()
+
+
+def computes_here(*tensors, weight=None):
+    """The test every fusedce.torch loss makes first: under a transform or a forward-mode
+    tangent (of `tensors` or `weight`), or with class weights to differentiate, the call
+    is computed here rather than by the operators."""
+    return under_transform(*tensors, weight) or weight_wants_grad(weight)
 
 
 _UNDER_TORCH_FUNC = ("use torch.func (grad, jacrev, jacfwd, hessian, jvp, vmap), under which "
@@ -141,12 +148,7 @@ def _check_class_indices(target, classes, ignore_index):
         torch._assert_async(~bad.any(), "target holds a class index outside [0, C) that is "
                             "not ignore_index")
         return
-    t = _values(target)
-    bad = (t != ignore_index) & ((t < 0) | (t >= classes))
-    if bool(bad.any()):
-        value = int(t[bad].reshape(-1)[0])
-        raise IndexError(f"target holds class index {value}, outside [0, {classes}) and not "
-                         f"ignore_index ({ignore_index})")
+    check_class_indices(_values(target), classes, ignore_index)
 
 
 def _check_weight(weight, classes):

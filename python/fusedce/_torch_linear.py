@@ -317,8 +317,7 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
                             label_smoothing, z_loss=z_loss, softcap=softcap)
     args = (input, linear_weight, linear_bias, target, weight, opts["ignore_index"], reduction,
             opts["label_smoothing"], opts["z_loss"], opts["softcap"], _chunk_size(chunk_size))
-    if (ft._composite.under_transform(input, linear_weight, linear_bias, weight)
-            or ft._composite.weight_wants_grad(weight)):
+    if ft._composite.computes_here(input, linear_weight, linear_bias, weight=weight):
         # torch.func transform, forward-mode AD or class weights to differentiate: PyTorch's
         # operations (_torch_composite.py)
         return ft._composite.linear_cross_entropy(*args[:-1])

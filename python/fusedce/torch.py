@@ -799,8 +799,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     opts = _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss=z_loss,
                          softcap=softcap)
     options = _ce_options(opts)
-    if (_composite.under_transform(input, target, weight)
-            or _composite.weight_wants_grad(weight)):
+    if _composite.computes_here(input, target, weight=weight):
         # torch.func transform, forward-mode AD or class weights to differentiate: PyTorch's
         # operations (see _torch_composite.py); the input is left as it is, inplace or not
         x, t, unbatched = _batched(input, target)
@@ -927,7 +926,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     _check_same_device(input, target=target, weight=weight)
     opts = _loss_options(weight, ignore_index, reduction, 0.0)
     x, t, unbatched = _batched(input, target)
-    if _composite.under_transform(input, weight) or _composite.weight_wants_grad(weight):
+    if _composite.computes_here(input, weight=weight):
         loss = _composite.nll_loss(x, t, weight, opts["ignore_index"], opts["reduction"])
     else:
         loss = torch.ops.fusedce.nll_loss(x, t, weight, opts["ignore_index"], opts["reduction"])
@@ -1030,7 +1029,8 @@ class Softmax(torch.nn.Module):
     def __init__(self, dim):
         super().__init__()
         if dim is None:
-            raise TypeError("Softmax: dim must be given (PyTorch's implicit choice is deprecated)")
+            raise TypeError(f"{type(self).__name__}: dim must be given (PyTorch's implicit "
+                            "choice is deprecated)")
         self.dim = dim
 
     def forward(self, input):
